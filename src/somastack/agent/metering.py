@@ -1,0 +1,97 @@
+"""Model calls under a budget: reserve the worst case before each call, settle the real usage.
+
+Worst case = an upper estimate of the prompt (UTF-8 bytes / 2: real tokenisers average about
+4 bytes a token) + `max_tokens`, priced at the dearest provider of the chain. After the call the
+reported usage is settled at the answering provider's price. A call that fails with nothing
+generated (every provider unavailable, bad input) releases its hold; invalid model output is
+charged the tokens it consumed; an abandoned stream is charged the prompt estimate plus one
+token per delta it produced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from somastack.agent.llm.types import ChatRequest, Completion, LLMProvider, StreamChunk
+from somastack.errors import ModelOutputInvalid
+from somastack.ledger import PriceTable, Reservation, Scope, release, reserve, settle
+from somastack.store import Database
+
+PER_MESSAGE_TOKENS = 8  # chat-template framing per message
+
+
+def prompt_token_bound(request: ChatRequest) -> int:
+    """An upper estimate of the prompt's tokens (messages, tool specs and schema)."""
+    size = sum(len(m.content.encode()) + len(json.dumps([c.arguments for c in m.tool_calls]))
+               for m in request.messages)
+    size += len(json.dumps([t.parameters for t in request.tools])) + sum(
+        len(t.name) + len(t.description) for t in request.tools)
+    size += len(json.dumps(request.json_schema)) if request.json_schema else 0
+    return size // 2 + PER_MESSAGE_TOKENS * len(request.messages)
+
+
+class MeteredLLM:
+    """An LLMProvider that charges every call to a ledger scope (tenant, agent, session)."""
+
+    def __init__(self, provider: LLMProvider, db: Database, prices: PriceTable, scope: Scope
+                 ) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self.model = provider.model
+        self.db = db
+        self.prices = prices
+        self.scope = scope
+        members = getattr(provider, "providers", [provider])
+        self._names = [p.name for p in members]
+
+    async def _reserve(self, request: ChatRequest) -> Reservation:
+        tokens = prompt_token_bound(request) + request.max_tokens
+        worst = max((self.prices.charge(tokens=tokens, provider=n) for n in self._names),
+                    key=lambda a: a.cost_cents)
+        return await reserve(self.db, self.scope, worst)
+
+    async def _settle(self, hold: Reservation, tokens: int, provider: str) -> None:
+        await settle(self.db, hold, self.prices.charge(tokens=tokens, provider=provider))
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        hold = await self._reserve(request)
+        try:
+            completion = await self.provider.complete(request)
+        except ModelOutputInvalid as exc:
+            await self._settle(hold, exc.usage_tokens, self._names[0])
+            raise
+        except BaseException:
+            await release(self.db, hold)
+            raise
+        await self._settle(hold, completion.usage.total_tokens, completion.provider)
+        return completion
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamChunk, None]:
+        hold = await self._reserve(request)
+        deltas, settled = 0, False
+        try:
+            async with aclosing(self.provider.stream(request)) as chunks:
+                async for chunk in chunks:
+                    if chunk.completion is not None:
+                        c = chunk.completion
+                        await self._settle(hold, c.usage.total_tokens, c.provider)
+                        settled = True
+                    else:
+                        deltas += 1
+                    yield chunk
+        except ModelOutputInvalid as exc:
+            if not settled:
+                await self._settle(hold, exc.usage_tokens, self._names[0])
+                settled = True
+            raise
+        finally:
+            if not settled:
+                if deltas:
+                    await self._settle(hold, prompt_token_bound(request) + deltas, self._names[0])
+                else:
+                    await release(self.db, hold)
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()

@@ -1,0 +1,82 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from somastack import __version__
+from somastack.api import audit, auth, brain, constitution, governance, health, memory, problems
+from somastack.api.deps import AppState
+from somastack.api.metrics import LatencyMiddleware, Metrics
+from somastack.brain import memory as memory_store
+from somastack.brain.embed import AsyncEmbedder, build_embedder
+from somastack.config import Settings, get_settings
+from somastack.governance.runtime import prepare
+from somastack.store import Database
+from somastack.store.outbox_relay import OutboxRelay
+
+log = logging.getLogger("somastack.api")
+PURGE_EVERY_S = 60.0
+
+
+async def _purge_forever(db: Database) -> None:
+    while True:
+        await asyncio.sleep(PURGE_EVERY_S)
+        try:
+            await memory_store.purge_expired(db)
+        except Exception:  # keep purging on the next tick; reads hide expired rows anyway
+            log.exception("purging expired memories failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; the database and the embedder open in the lifespan."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = await Database.open(settings)
+        try:
+            gov = await prepare(db, settings)  # fails closed on a bad constitution
+        except BaseException:
+            await db.close()
+            raise
+        embedder = AsyncEmbedder(await asyncio.to_thread(build_embedder, settings))
+        app.state.soma = AppState(settings=settings, db=db, embedder=embedder, metrics=metrics,
+                                  governance=gov)
+        relay = OutboxRelay(db, settings) if settings.nats_url else None
+        tasks = [asyncio.create_task(_purge_forever(db)), asyncio.create_task(gov.watch(db))]
+        if relay is not None:
+            tasks.append(asyncio.create_task(relay.run_forever()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if relay is not None:
+                await relay.close()
+            await gov.close()
+            await db.close()
+            embedder.close()
+
+    app = FastAPI(
+        title="SomaStack", version=__version__, lifespan=lifespan,
+        description="Long-term memory and governed runtime for AI agents.",
+    )
+    app.state.metrics = metrics
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(memory.router)
+    app.include_router(brain.router)
+    for router in (governance.router, auth.router, constitution.router, audit.router):
+        app.include_router(router)
+    return app

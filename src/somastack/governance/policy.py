@@ -1,0 +1,156 @@
+"""The policy decision point: authorize(subject, action, resource, context) → allow + reasons.
+
+Rego modules ship in `somastack/policies/` (package soma.authz); a tenant may store one override
+module (package soma.tenant) whose `deny` set can only add denials. Deny by default, deny on any
+evaluation error or timeout, and audit every decision.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import psycopg
+
+from somastack.governance import audit
+from somastack.governance.canonical import sha3_512_hex
+from somastack.governance.constitution import Active
+from somastack.governance.principal import Principal
+from somastack.governance.rego_worker import RegoFailure, RegoPool
+from somastack.store import Database
+
+DECISION_QUERY = "x = data.soma.authz.decision"
+TENANT_PACKAGE = "soma.tenant"
+MAX_MODULE_BYTES = 64 * 1024
+_PACKAGE_RE = re.compile(r"^\s*package\s+([\w.]+)", re.MULTILINE)
+_TEST_RE = re.compile(r"^(test_\w+)\s", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reasons: list[str]
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class TestResult:
+    package: str
+    name: str
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class Request:
+    """One question to the decision point."""
+
+    subject: Principal
+    action: str
+    resource: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
+    trace_id: str | None = None
+
+
+def base_modules(include_tests: bool = False) -> dict[str, str]:
+    """The shipped policy modules by file name (tests only when asked)."""
+    folder = resources.files("somastack") / "policies"
+    return {f.name: f.read_text() for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".rego") and (include_tests or not f.name.endswith("_test.rego"))}
+
+
+def package_of(source: str) -> str | None:
+    m = _PACKAGE_RE.search(source)
+    return m.group(1) if m else None
+
+
+async def check_override(pool: RegoPool, module: str) -> None:
+    """ValueError unless the module is package soma.tenant and compiles with the base policy."""
+    if len(module.encode()) > MAX_MODULE_BYTES:
+        raise ValueError(f"the module is over {MAX_MODULE_BYTES} bytes")
+    if package_of(module) != TENANT_PACKAGE:
+        raise ValueError(f"the module must declare `package {TENANT_PACKAGE}`")
+    try:
+        await pool.query({**base_modules(), "tenant.rego": module}, {}, "x = data.soma.tenant")
+    except RegoFailure as exc:
+        if exc.kind != "runtime":  # runtime errors depend on the input; compile errors do not
+            raise ValueError(f"the module does not compile: {exc}") from exc
+
+
+async def get_override(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT tenant_id, module, checksum, updated_by, updated_at FROM policy_overrides "
+        "WHERE tenant_id = %s", (tenant_id,))
+    return await cur.fetchone()
+
+
+async def set_override(conn: psycopg.AsyncConnection, tenant_id: str, module: str, by: str
+                       ) -> dict[str, Any]:
+    cur = await conn.execute(
+        "INSERT INTO policy_overrides (tenant_id, module, checksum, updated_by) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (tenant_id) DO UPDATE SET module = EXCLUDED.module, checksum = EXCLUDED.checksum, "
+        "updated_by = EXCLUDED.updated_by, updated_at = now() "
+        "RETURNING tenant_id, module, checksum, updated_by, updated_at",
+        (tenant_id, module, sha3_512_hex(module.encode()), by))
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def clear_override(conn: psycopg.AsyncConnection, tenant_id: str) -> bool:
+    cur = await conn.execute("DELETE FROM policy_overrides WHERE tenant_id = %s", (tenant_id,))
+    return cur.rowcount > 0
+
+
+def _decision(value: Any) -> Decision:
+    if not isinstance(value, dict) or not isinstance(value.get("allow"), bool):
+        return Decision(False, ["the policy produced no decision"], error=value is not None)
+    reasons = [str(r) for r in value.get("reasons") or []]
+    return Decision(value["allow"], reasons)
+
+
+async def authorize(db: Database, pool: RegoPool, constitution: Active, req: Request) -> Decision:
+    """Evaluate the base policy plus the tenant's override, then audit the decision."""
+    async with db.system() as conn:
+        override = await get_override(conn, req.subject.tenant_id)
+    modules = base_modules()
+    if override is not None:
+        modules["tenant.rego"] = override["module"]
+    payload = {
+        "subject": req.subject.policy_subject(), "action": req.action, "resource": req.resource,
+        "context": req.context, "constitution": {
+            "version": constitution.version, "checksum": constitution.checksum,
+            "rules": constitution.document["rules"]},
+    }
+    try:
+        decision = _decision(await pool.query(modules, payload, DECISION_QUERY))
+    except RegoFailure as exc:
+        decision = Decision(False, [f"policy evaluation failed ({exc.kind}): {exc}"[:500]], error=True)
+    verdict = "error" if decision.error else ("allow" if decision.allow else "deny")
+    await audit.record(db, audit.AuditEvent(
+        actor=req.subject.actor, tenant_id=req.subject.tenant_id, action=f"policy:{req.action}",
+        resource=str(req.resource.get("route") or req.resource.get("tool") or req.action),
+        decision=verdict, reasons=decision.reasons, trace_id=req.trace_id, payload=payload))
+    return decision
+
+
+async def run_tests(pool: RegoPool, extra: dict[str, str]) -> list[TestResult]:
+    """Every `test_*` rule of every test package among the shipped and `extra` modules."""
+    modules = {**base_modules(include_tests=True), **extra}
+    results: list[TestResult] = []
+    for source in modules.values():
+        names = _TEST_RE.findall(source)
+        package = package_of(source)
+        if not names or package is None:
+            continue
+        try:
+            value = await pool.query(modules, {}, f"x = data.{package}") or {}
+        except RegoFailure as exc:
+            results += [TestResult(package, n, False, f"{exc.kind}: {exc}") for n in names]
+            continue
+        for name in dict.fromkeys(names):
+            passed = value.get(name) is True
+            results.append(TestResult(package, name, passed, "" if passed else "undefined or false"))
+    return results

@@ -1,0 +1,18 @@
+"""Usage ledger and budgets: reserve before a step, settle after it, priced by the price table."""
+
+from somastack.ledger.budgets import (
+    budget,
+    expire_reservations,
+    release,
+    reserve,
+    set_budget,
+    settle,
+)
+from somastack.ledger.pricing import PriceTable
+from somastack.ledger.report import usage_report
+from somastack.ledger.usage import Amounts, BudgetState, Limits, Reservation, Scope
+
+__all__ = [
+    "Amounts", "BudgetState", "Limits", "PriceTable", "Reservation", "Scope", "budget",
+    "expire_reservations", "release", "reserve", "set_budget", "settle", "usage_report",
+]

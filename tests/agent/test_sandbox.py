@@ -1,0 +1,149 @@
+"""The sandbox on this machine: real processes, real limits, real namespaces (we run as root)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+
+from somastack.agent.tools import PYTHON, Sandbox, SandboxJob, SandboxLimits, SandboxOutcome
+from somastack.config import Settings
+from somastack.errors import InvalidInput, ToolOutputTooLarge, ToolTimeout
+
+FAST = SandboxLimits(cpu_s=2, memory_mb=256, max_fds=32, timeout_s=2.0, output_bytes=256 * 1024)
+
+
+def program(code: str) -> SandboxJob:
+    return SandboxJob([PYTHON, "-I", "-S", "main.py"], files={"main.py": code})
+
+
+async def run(sandbox: Sandbox, code: str) -> tuple[list[str], SandboxOutcome]:
+    deltas: list[str] = []
+    outcome = None
+    async with aclosing(sandbox.run(program(code))) as pieces:
+        async for piece in pieces:
+            if isinstance(piece, str):
+                deltas.append(piece)
+            else:
+                outcome = piece
+    assert outcome is not None
+    return deltas, outcome
+
+
+@pytest.fixture
+def sandbox(settings: Settings) -> Sandbox:
+    return Sandbox(settings, FAST)
+
+
+@pytest.mark.asyncio
+async def test_runs_unprivileged_with_scrubbed_env_and_throwaway_dir(sandbox: Sandbox) -> None:
+    code = ("import os, sys\nprint(os.getuid(), os.getgroups(), sorted(os.environ))\n"
+            "print(os.getcwd())\nprint('oops', file=sys.stderr)\nsys.exit(3)")
+    deltas, out = await run(sandbox, code)
+    uid, groups, env = out.stdout.splitlines()[0].split(" ", 2)
+    assert "".join(deltas) == out.stdout and out.exit_code == 3 and out.stderr == "oops\n"
+    allowed = {"HOME", "LANG", "PATH", "PWD", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "TMPDIR"}
+    assert set(eval(env)) <= allowed  # PWD comes from the namespace's init shell
+    if os.geteuid() == 0:
+        assert sandbox.isolation == "namespace"
+        assert (uid, groups) == ("65534", "[]")
+    assert not Path(out.stdout.splitlines()[1]).exists()
+
+
+@pytest.mark.asyncio
+async def test_no_network_inside(sandbox: Sandbox) -> None:
+    if sandbox.isolation != "namespace":
+        pytest.skip("network namespaces unavailable here: the docs say the network is open")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        code = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), 2)\n"
+                "    print('connected')\nexcept OSError as e:\n    print('failed', e.errno)")
+        _, out = await run(sandbox, code)
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    assert out.stdout == "failed 101\n"  # ENETUNREACH: not even a loopback interface is up
+
+
+@pytest.mark.asyncio
+async def test_gigabyte_of_output_is_cut_off_and_killed(
+    sandbox: Sandbox, live_processes: Callable[[str], list[int]]
+) -> None:
+    marker = f"flood-{uuid.uuid4().hex}"
+    code = f"# {marker}\nimport sys\nchunk = 'x' * 65536\nfor _ in range(16384):\n    sys.stdout.write(chunk)"
+    started = time.monotonic()
+    with pytest.raises(ToolOutputTooLarge) as err:
+        await run(sandbox, code)
+    assert err.value.field == "output" and time.monotonic() - started < 5
+    assert live_processes(marker) == []
+
+
+@pytest.mark.asyncio
+async def test_stderr_flood_is_cut_off_too(sandbox: Sandbox) -> None:
+    with pytest.raises(ToolOutputTooLarge):
+        await run(sandbox, "import sys\nwhile True:\n    sys.stderr.write('e' * 65536)")
+
+
+@pytest.mark.asyncio
+async def test_hanging_tool_and_its_detached_child_are_killed(
+    sandbox: Sandbox, live_processes: Callable[[str], list[int]]
+) -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
+    code = ("import subprocess, time\n"
+            f"subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+            "print('started', flush=True)\ntime.sleep(60)")
+    with pytest.raises(ToolTimeout) as err:
+        await run(sandbox, code)
+    assert err.value.field == "timeout"
+    assert live_processes(f"sleep {marker}") == []
+
+
+@pytest.mark.asyncio
+async def test_cpu_limit_kills_a_spinning_tool(settings: Settings) -> None:
+    spinner = Sandbox(settings, SandboxLimits(cpu_s=1, timeout_s=30))
+    with pytest.raises(ToolTimeout) as err:
+        await run(spinner, "while True:\n    pass")
+    assert err.value.field == "cpu"
+
+
+@pytest.mark.asyncio
+async def test_memory_and_file_descriptor_limits(sandbox: Sandbox) -> None:
+    _, out = await run(sandbox, "x = bytearray(1024 * 1024 * 1024)")
+    assert out.exit_code == 1 and "MemoryError" in out.stderr
+    _, out = await run(sandbox, "fs = [open('main.py') for _ in range(100)]")
+    assert out.exit_code == 1 and "Too many open files" in out.stderr
+
+
+@pytest.mark.asyncio
+async def test_abandoned_stream_kills_the_process(
+    sandbox: Sandbox, live_processes: Callable[[str], list[int]]
+) -> None:
+    marker = f"abandon-{uuid.uuid4().hex}"
+    code = f"# {marker}\nimport time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.05)"
+    async with aclosing(sandbox.run(program(code))) as pieces:
+        async for piece in pieces:
+            assert piece == "tick\n"
+            break
+    assert live_processes(marker) == []
+
+
+@pytest.mark.asyncio
+async def test_rlimit_fallback_still_limits(settings: Settings) -> None:
+    plain = Sandbox(settings.model_copy(update={"sandbox_isolation": "rlimit"}), FAST)
+    assert plain.isolation == "rlimit"
+    _, out = await run(plain, "print('ok')")
+    assert out.stdout == "ok\n" and out.isolation == "rlimit"
+    with pytest.raises(ToolTimeout):
+        await run(plain, "import time\ntime.sleep(30)")
+
+
+def test_unknown_isolation_mode_names_the_setting(settings: Settings) -> None:
+    with pytest.raises(InvalidInput) as err:
+        Sandbox(settings.model_copy(update={"sandbox_isolation": "docker"}))
+    assert err.value.field == "sandbox_isolation"

@@ -1,0 +1,27 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from somastack import Client
+
+
+def test_health_ready_and_metrics(client: Client) -> None:
+    http = client.http
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["migrations"] == "ok"
+    client.remember("metrics are measured", namespace="m")
+    client.recall("metrics", namespace="m")
+    text = http.get("/metrics").text
+    recall_buckets = [ln for ln in text.splitlines()
+                      if ln.startswith("soma_http_request_duration_seconds_bucket")
+                      and 'route="/v1/memory/recall"' in ln and 'status="200"' in ln]
+    assert recall_buckets, "recall latency is labelled by its route template"
+    assert "soma_recall_duration_seconds_count" in text
+    stored = [ln for ln in text.splitlines() if ln.startswith("soma_memories_stored ")]
+    assert stored and float(stored[0].split()[1]) >= 1
+
+
+def test_openapi_is_published(client: Client) -> None:
+    spec = client.http.get("/openapi.json").json()
+    assert "/v1/memory/recall" in spec["paths"] and "/v1/memory/{id}" in spec["paths"]
