@@ -44,7 +44,7 @@ def python_eval_tool(max_code_chars: int = 20_000) -> ToolDef:
                                       "maxLength": max_code_chars}}, ["code"]),
         result_schema=_object({"exit_code": {"type": "integer"}, "stdout": {"type": "string"},
                                "stderr": {"type": "string"}}, ["exit_code", "stdout", "stderr"]),
-        kind="sandbox", job=job, parse=parse,
+        kind="sandbox", job=job, parse=parse, example=("What is 2+3?", {"code": "print(2+3)"}),
     )
 
 
@@ -113,6 +113,7 @@ def http_fetch_tool(allowed_hosts: Collection[str], *, max_bytes: int, timeout_s
             "content_type": {"type": "string"}, "body": {"type": "string"},
             "truncated": {"type": "boolean"}}, ["url", "status", "content_type", "body", "truncated"]),
         run=run, max_egress_bytes=max_bytes + 64 * 1024 * (MAX_REDIRECTS + 1),
+        example=("Read the page https://example.com/", {"url": "https://example.com/"}),
     )
 
 
@@ -149,7 +150,7 @@ def memory_tools(db: Database, embedder: AsyncEmbedder, *, namespace: str, max_b
                                  "top_k": {"type": "integer", "minimum": 1, "maximum": 20}},
                                 ["query"]),
             result_schema=_object({"evidence": {"type": "array", "items": evidence}}, ["evidence"]),
-            run=run_recall,
+            run=run_recall, example=("Where does Ana live?", {"query": "Ana lives in"}),
         ),
         ToolDef(
             name="memory.remember", description="Store a fact in long-term memory.",
@@ -161,5 +162,6 @@ def memory_tools(db: Database, embedder: AsyncEmbedder, *, namespace: str, max_b
             result_schema=_object({"id": {"type": "string"}, "status": {"type": "string"}},
                                   ["id", "status"]),
             run=run_remember, max_storage_bytes=max_bytes,
+            example=("Remember that I like green tea.", {"content": "The user likes green tea."}),
         ),
     ]

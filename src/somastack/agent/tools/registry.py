@@ -62,6 +62,9 @@ class ToolDef:
     max_egress_bytes: int = 0  # reserved against the budget before the call
     max_storage_bytes: int = 0
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # (a request, the arguments for it): shown to the model as a worked example before it
+    # writes arguments; small models copy the shape and stop instead of rambling
+    example: tuple[str, dict[str, Any]] | None = None
 
     def spec(self) -> ToolSpec:
         """What the model is shown."""

@@ -1,0 +1,462 @@
+"""One agent turn: Recall → Plan → Tools → Verify → Answer → Remember, under budgets.
+
+`Runtime` holds what lives as long as the server (provider chains, tool registries, prices,
+the sandbox); `Runtime.run(spec)` is an async generator of the turn's events, each already
+numbered and queued for storage in its EventLog. Stages:
+
+1. **recall** — when the session may read memory, the persona's namespace is searched for the
+   input; the evidence ids (and texts) go into the event and into the prompts.
+2. **plan** — when tools are allowed, the model writes `{"steps": [{"tool": …}]}` under
+   constrained decoding: the tool names are an enum of the allowed tools, and the step count is
+   capped by `max_steps` (at least one step when `tool_choice` is `required`).
+3. **tools** — for each step the model writes the arguments (constrained to the tool's JSON
+   Schema), then the broker runs the call through its gates (allow-list, schema, policy, rate,
+   budget, idempotency `{turn_id}:{step}`), streaming `tool.call`, `tool.delta`, `tool.done`.
+   A failed call becomes a non-fatal `error` event and the turn goes on without its result.
+4. **answer** — streamed from the model as `answer` deltas, grounded in evidence and results;
+5. **verify** — the answer checked against evidence and tool results (see agent/verify.py),
+   then the final `answer` event with the verdict's citations;
+6. **remember** — when the session may write memory, the exchange is stored (key
+   `turn:{turn_id}`, so a retry cannot duplicate it) in the persona's namespace;
+7. **usage** — what the turn used: tokens, tool calls, storage, cost, and where the time went.
+
+Every model call reserves its worst case in the ledger first (agent/metering.py); a refused
+reservation ends the turn with an `error` event of type `budget_exhausted`, nothing spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal, Protocol
+
+from somastack.agent.llm import (
+    ChatRequest,
+    Completion,
+    FallbackChain,
+    Message,
+    ToolCall,
+    build_chain,
+)
+from somastack.agent.metering import MeteredLLM
+from somastack.agent.tools import (
+    Decision,
+    LedgerBudget,
+    Sandbox,
+    ToolBroker,
+    ToolContext,
+    ToolDef,
+    ToolDelta,
+    ToolDone,
+    ToolRegistry,
+    http_fetch_tool,
+    memory_tools,
+    python_eval_tool,
+)
+from somastack.agent.tools import calls as tool_calls
+from somastack.agent.turns import EventLog, finish_turn, history
+from somastack.agent.verify import Ground, tool_text, verify
+from somastack.brain.embed import AsyncEmbedder
+from somastack.brain.memory import remember
+from somastack.brain.model import MemoryDraft, RecallQuery
+from somastack.brain.recall import recall
+from somastack.config import Settings
+from somastack.errors import BudgetExhausted, ModelOutputInvalid, SomaError
+from somastack.governance import audit
+from somastack.ledger import PriceTable, Scope, release, reserve, settle
+from somastack.store import Database
+
+log_ = logging.getLogger("somastack.agent")
+Memory = Literal["none", "read", "readwrite"]
+EVIDENCE_CHARS = 400  # per memory, in prompts
+RESULT_CHARS = 1500  # per tool result, in prompts
+HISTORY_TURNS = 3
+ARGS_MAX_TOKENS = 256
+
+
+class PersonaLike(Protocol):
+    name: str
+    hash: str
+    system_prompt: str
+    providers: list[str]
+    tools: list[str]
+    namespace: str
+
+
+AuthorizeTool = Callable[[str, dict[str, Any]], Any]  # (tool, args) -> awaitable Decision
+
+
+@dataclass
+class TurnSpec:
+    """Everything one turn needs, already checked against the session token."""
+
+    tenant: str
+    actor: str
+    turn_id: str
+    trace_id: str
+    session_id: str
+    persona: PersonaLike
+    text: str
+    tools: list[str]
+    memory: Memory
+    authorize: AuthorizeTool
+    max_steps: int = 3
+    tool_choice: Literal["auto", "required", "none"] = "auto"
+    tools_per_min: int | None = None
+    egress_allow: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Tally:
+    """What the turn used and where its time went."""
+
+    started: float = field(default_factory=time.perf_counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tool_calls: int = 0
+    storage_bytes: int = 0
+    egress_bytes: int = 0
+    model_ms: float = 0.0
+    tools_ms: float = 0.0
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, c: Completion, ms: float) -> None:
+        self.prompt_tokens += c.usage.prompt_tokens
+        self.completion_tokens += c.usage.completion_tokens
+        self.model_ms += ms
+        self.fallbacks += [{"provider": f.provider, "error_type": f.error_type,
+                            "detail": f.detail} for f in c.fallbacks]
+
+    def report(self, prices: PriceTable, provider: str) -> dict[str, Any]:
+        tokens = self.prompt_tokens + self.completion_tokens
+        cost = prices.charge(tokens=tokens, tool_calls=self.tool_calls, provider=provider,
+                             storage_bytes=self.storage_bytes,
+                             egress_bytes=self.egress_bytes).cost_cents
+        total = (time.perf_counter() - self.started) * 1000
+        return {
+            "tokens": tokens, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "tool_calls": self.tool_calls,
+            "storage_bytes": self.storage_bytes, "egress_bytes": self.egress_bytes,
+            "cost_cents": str(cost.quantize(Decimal("0.000001"))),
+            "timings_ms": {"total": round(total, 3), "model": round(self.model_ms, 3),
+                           "tools": round(self.tools_ms, 3),
+                           "overhead": round(total - self.model_ms - self.tools_ms, 3)},
+        }
+
+
+def error_data(exc: SomaError, *, fatal: bool, **extra: Any) -> dict[str, Any]:
+    return {"type": exc.type, "status": exc.status, "detail": exc.detail, "field": exc.field,
+            "fatal": fatal, **extra}
+
+
+class Runtime:
+    """The agent runtime of one server process."""
+
+    def __init__(self, settings: Settings, db: Database, embedder: AsyncEmbedder) -> None:
+        self.settings, self.db, self.embedder = settings, db, embedder
+        self.prices = PriceTable.from_mapping(settings.price_table)
+        self.sandbox = Sandbox(settings)
+        self.budget = LedgerBudget(db, self.prices)
+        self._chains: dict[tuple[str, ...], FallbackChain] = {}
+        self._registries: dict[tuple[str, tuple[str, ...]], ToolRegistry] = {}
+
+    def chain(self, providers: list[str]) -> FallbackChain:
+        key = tuple(providers)
+        if key not in self._chains:
+            self._chains[key] = build_chain(self.settings, list(providers))
+        return self._chains[key]
+
+    def registry(self, namespace: str, egress_allow: list[str]) -> ToolRegistry:
+        key = (namespace, tuple(egress_allow))
+        if key not in self._registries:
+            s = self.settings
+            self._registries[key] = ToolRegistry([
+                python_eval_tool(),
+                http_fetch_tool(egress_allow, max_bytes=s.http_fetch_max_bytes,
+                                timeout_s=s.http_fetch_timeout_s),
+                *memory_tools(self.db, self.embedder, namespace=namespace,
+                              max_bytes=s.max_content_bytes),
+            ])
+        return self._registries[key]
+
+    async def aclose(self) -> None:
+        for chain in self._chains.values():
+            await chain.aclose()
+
+    async def run(self, spec: TurnSpec, log: EventLog, tally: _Tally | None = None
+                  ) -> AsyncGenerator[dict[str, Any], None]:
+        """The turn's events, in order; stored through `log` at every stage boundary."""
+        tally = tally or _Tally()
+        persona = spec.persona
+        scope = Scope(spec.tenant, persona.name, spec.session_id)
+        chain = self.chain(persona.providers)
+        llm = MeteredLLM(chain, self.db, self.prices, scope)
+        registry = self.registry(persona.namespace, spec.egress_allow)
+        allowed = [t for t in spec.tools if t in registry.names()]
+
+        # 1. recall
+        evidence: list[dict[str, Any]] = []
+        if spec.memory != "none":
+            found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
+                spec.text, namespace=persona.namespace, top_k=5, include_scores=False))
+            evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
+                         "score": round(float(e.score), 4)} for e in found.evidence]
+        yield log.add("recall", {"namespace": persona.namespace,
+                                 "ids": [e["id"] for e in evidence], "evidence": evidence})
+        past = await history(self.db, spec.tenant, spec.session_id, HISTORY_TURNS)
+        await log.flush()
+
+        # 2. plan
+        steps: list[dict[str, Any]] = []
+        plan_error: ModelOutputInvalid | None = None
+        if allowed and spec.tool_choice != "none" and spec.max_steps > 0:
+            try:
+                plan = await self._model(llm, tally, ChatRequest(
+                    messages=_plan_messages(persona, spec.text, registry, allowed, evidence),
+                    json_schema=plan_schema(allowed, spec.max_steps,
+                                            spec.tool_choice == "required"),
+                    max_tokens=64 + 32 * spec.max_steps))
+                steps = plan.data["steps"]
+            except ModelOutputInvalid as exc:  # no usable plan: answer without tools
+                plan_error = exc
+        yield log.add("plan", {"steps": steps, "tools_allowed": allowed,
+                               "max_steps": spec.max_steps, "providers": persona.providers})
+        if plan_error is not None:
+            yield log.add("error", error_data(plan_error, fatal=False, stage="plan"))
+        await log.flush()
+
+        # 3. tools
+        results: list[dict[str, Any]] = []
+        broker = ToolBroker(registry, self.db, authorize=_authorizer(spec.authorize),
+                            budget=self.budget, sandbox=self.sandbox,
+                            idempotency_ttl_s=self.settings.tool_idempotency_ttl_s)
+        ctx = ToolContext(spec.tenant, persona.name, spec.session_id, spec.trace_id,
+                          frozenset(allowed))
+        for i, step in enumerate(steps):
+            tool = registry.get(step["tool"])
+            call_id = f"{spec.turn_id}.{i + 1}"
+            try:
+                call = await self._model(llm, tally, ChatRequest(
+                    messages=_args_messages(tool, spec.text, evidence, results),
+                    tools=[tool.spec()], tool_choice="required",
+                    max_tokens=min(ARGS_MAX_TOKENS, self.settings.llm_max_tokens)))
+            except ModelOutputInvalid as exc:  # unusable arguments: this step fails, go on
+                results.append({"call_id": call_id, "tool": tool.name, "ok": False,
+                                "result": {"error": exc.detail}})
+                yield log.add("error", error_data(exc, fatal=False, stage="tool.arguments",
+                                                  call_id=call_id, tool=tool.name))
+                continue
+            args = call.tool_calls[0].arguments
+            yield log.add("tool.call", {"call_id": call_id, "tool": tool.name, "arguments": args,
+                                        "step": i + 1})
+            async for event in self._tool(broker, ctx, spec, tool, args, call_id, i, log, tally,
+                                          results):
+                yield event
+            await log.flush()
+
+        # 4. answer (streamed), 5. verify, then the final answer
+        parts: list[str] = []
+        started = time.perf_counter()
+        final: Completion | None = None
+        async with aclosing(llm.stream(ChatRequest(
+                messages=_answer_messages(persona, spec.text, evidence, results, past),
+                max_tokens=self.settings.llm_max_tokens))) as chunks:
+            async for chunk in chunks:
+                if chunk.completion is not None:
+                    final = chunk.completion
+                elif chunk.delta:
+                    parts.append(chunk.delta)
+                    yield log.add("answer", {"delta": chunk.delta})
+        assert final is not None
+        tally.count(final, (time.perf_counter() - started) * 1000)
+        answer = final.text.strip() or "".join(parts).strip()
+        grounds = [Ground("memory", e["id"], e["content"]) for e in evidence] + [
+            Ground("tool", r["call_id"], tool_text(r["result"], RESULT_CHARS))
+            for r in results if r["ok"]]
+        checked = verify(answer, spec.text, grounds, results)
+        yield log.add("verify", checked)
+        yield log.add("answer", {"final": True, "text": answer, "verdict": checked["verdict"],
+                                 "citations": checked["citations"], "provider": final.provider,
+                                 "model": final.model})
+        await log.flush()
+
+        # 6. remember
+        if spec.memory == "readwrite" and answer:
+            written = await self._remember(spec, scope, answer, tally)
+            yield log.add("remember", {"ids": written, "namespace": persona.namespace})
+        else:
+            yield log.add("remember", {"ids": [], "skipped": f"memory access is {spec.memory!r}"})
+        yield log.add("usage", tally.report(self.prices, final.provider))
+        await log.flush()
+
+    async def _model(self, llm: MeteredLLM, tally: _Tally, request: ChatRequest) -> Completion:
+        started = time.perf_counter()
+        try:
+            completion = await llm.complete(request)
+        except ModelOutputInvalid as exc:  # it ran and was charged: count its time and tokens
+            tally.model_ms += (time.perf_counter() - started) * 1000
+            tally.completion_tokens += exc.usage_tokens
+            raise
+        except BaseException:
+            tally.model_ms += (time.perf_counter() - started) * 1000
+            raise
+        tally.count(completion, (time.perf_counter() - started) * 1000)
+        return completion
+
+    async def _tool(self, broker: ToolBroker, ctx: ToolContext, spec: TurnSpec, tool: ToolDef,
+                    args: dict[str, Any], call_id: str, step: int, log: EventLog, tally: _Tally,
+                    results: list[dict[str, Any]]) -> AsyncGenerator[dict[str, Any], None]:
+        started = time.perf_counter()
+        try:
+            await tool_calls.admit(self.db, spec.tenant, f"session:{spec.session_id}",
+                                   spec.tools_per_min)
+            async with aclosing(broker.call(ctx, tool.name, args, call_id=call_id,
+                                            idempotency_key=f"{spec.turn_id}:{step}")) as events:
+                async for event in events:
+                    if isinstance(event, ToolDelta):
+                        yield log.add("tool.delta", {"call_id": call_id, "tool": tool.name,
+                                                     "text": event.text})
+                    elif isinstance(event, ToolDone):
+                        tally.tool_calls += 0 if event.replayed else 1
+                        tally.egress_bytes += event.egress_bytes
+                        tally.storage_bytes += event.storage_bytes
+                        results.append({"call_id": call_id, "tool": tool.name, "ok": True,
+                                        "result": event.result})
+                        yield log.add("tool.done", {
+                            "call_id": call_id, "tool": tool.name, "ok": True,
+                            "result": event.result, "replayed": event.replayed,
+                            "duration_ms": event.duration_ms})
+        except BudgetExhausted:
+            raise
+        except SomaError as exc:  # the call failed: say so, and answer without it
+            results.append({"call_id": call_id, "tool": tool.name, "ok": False,
+                            "result": {"error": exc.detail}})
+            yield log.add("tool.done", {"call_id": call_id, "tool": tool.name, "ok": False,
+                                        "error": exc.type})
+            yield log.add("error", error_data(exc, fatal=False, call_id=call_id))
+        finally:
+            tally.tools_ms += (time.perf_counter() - started) * 1000
+
+    async def _remember(self, spec: TurnSpec, scope: Scope, answer: str, tally: _Tally
+                        ) -> list[str]:
+        content = f"Q: {spec.text}\nA: {answer}"[: self.settings.max_content_bytes // 4]
+        size = len(content.encode())
+        hold = await reserve(self.db, scope, self.prices.charge(storage_bytes=size))
+        try:
+            (written,) = await remember(self.db, self.embedder, spec.tenant, [MemoryDraft(
+                namespace=spec.persona.namespace, content=content, kind="episodic",
+                key=f"turn:{spec.turn_id}", source=f"agent:{spec.persona.name}",
+                trace_id=spec.trace_id, tags=["turn"],
+                metadata={"turn_id": spec.turn_id, "session_id": spec.session_id})],
+                max_bytes=self.settings.max_content_bytes)
+        except BaseException:
+            await release(self.db, hold)
+            raise
+        await settle(self.db, hold, self.prices.charge(storage_bytes=size))
+        tally.storage_bytes += size
+        return [str(written.id)]
+
+
+async def drive(runtime: Runtime, spec: TurnSpec, log: EventLog
+                ) -> AsyncGenerator[dict[str, Any], None]:
+    """Run the turn and record how it ended: done, error (with a fatal `error` event and the
+    usage so far) or cancelled (the consumer went away: the partial turn is kept)."""
+    tally = _Tally()
+    provider = spec.persona.providers[0]
+    answer: str | None = None
+    status, error = "done", None
+    try:
+        async with aclosing(runtime.run(spec, log, tally)) as events:
+            async for event in events:
+                if event["type"] == "answer" and event["data"].get("final"):
+                    answer = event["data"]["text"]
+                yield event
+    except asyncio.CancelledError:
+        status, error = "cancelled", {"type": "cancelled", "detail": "the client went away",
+                                      "fatal": True}
+        log.add("error", error)
+        log.add("usage", tally.report(runtime.prices, provider))
+        await _close(runtime, spec, log, status, answer, error, tally)
+        raise
+    except Exception as exc:
+        if not isinstance(exc, SomaError):
+            log_.exception("turn %s failed", spec.turn_id)
+            exc = SomaError(f"the turn failed: {type(exc).__name__}")
+        status, error = "error", error_data(exc, fatal=True)
+        yield log.add("error", error)
+        yield log.add("usage", tally.report(runtime.prices, provider))
+    await _close(runtime, spec, log, status, answer, error, tally)
+
+
+async def _close(runtime: Runtime, spec: TurnSpec, log: EventLog, status: str,
+                 answer: str | None, error: dict[str, Any] | None, tally: _Tally) -> None:
+    await log.flush()  # events first: a reader that sees the status has every event
+    usage = tally.report(runtime.prices, spec.persona.providers[0])
+    await finish_turn(runtime.db, spec.tenant, spec.turn_id, status=status, answer=answer,
+                      error=error, usage=usage, fallbacks=tally.fallbacks)
+    await audit.record(runtime.db, audit.AuditEvent(
+        actor=spec.actor, tenant_id=spec.tenant, action="turn.run", resource=f"turn:{spec.turn_id}",
+        decision="allow", trace_id=spec.trace_id, reasons=[error["detail"]] if error else [],
+        payload={"status": status, "session_id": spec.session_id,
+                 "persona_hash": spec.persona.hash, "events": log.seq, "usage": usage}))
+
+
+def _authorizer(authorize: AuthorizeTool) -> Any:
+    async def check(ctx: ToolContext, tool: ToolDef, args: dict[str, Any]) -> Decision:
+        return await authorize(tool.name, args)  # type: ignore[no-any-return]
+    return check
+
+
+def plan_schema(tools: list[str], max_steps: int, required: bool) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "required": ["steps"],
+            "properties": {"steps": {
+                "type": "array", "minItems": 1 if required else 0, "maxItems": max_steps,
+                "items": {"type": "object", "additionalProperties": False, "required": ["tool"],
+                          "properties": {"tool": {"enum": tools}}}}}}
+
+
+def _facts(evidence: list[dict[str, Any]]) -> str:
+    return "\n".join(f"- {e['content'][:EVIDENCE_CHARS]}" for e in evidence)
+
+
+def _plan_messages(persona: PersonaLike, text: str, registry: ToolRegistry, allowed: list[str],
+                   evidence: list[dict[str, Any]]) -> list[Message]:
+    tools = "\n".join(f"- {n}: {registry.get(n).description}" for n in allowed)
+    facts = f"Known facts:\n{_facts(evidence)}\n" if evidence else ""
+    return [Message("system", persona.system_prompt),
+            Message("user", f"{facts}Tools:\n{tools}\nQuestion: {text}\n"
+                            "Which tools should be used, in order?")]
+
+
+def _args_messages(tool: ToolDef, text: str, evidence: list[dict[str, Any]],
+                   results: list[dict[str, Any]]) -> list[Message]:
+    done = "".join(f"\nEarlier result of {r['tool']}: {tool_text(r['result'], 300)}"
+                   for r in results)
+    facts = f"\nKnown facts:\n{_facts(evidence)}" if evidence else ""
+    messages = [Message("system", f"Call the tool {tool.name}: {tool.description}")]
+    if tool.example is not None:
+        request, arguments = tool.example
+        messages += [Message("user", request), Message("assistant", tool_calls=[
+            ToolCall("example", tool.name, arguments)])]
+    messages.append(Message("user", f"{text}{facts}{done}"))
+    return messages
+
+
+def _answer_messages(persona: PersonaLike, text: str, evidence: list[dict[str, Any]],
+                     results: list[dict[str, Any]], past: list[tuple[str, str]]
+                     ) -> list[Message]:
+    context = ""
+    if evidence:
+        context += f"Known facts:\n{_facts(evidence)}\n"
+    for r in results:
+        context += f"Result of {r['tool']}: {tool_text(r['result'], RESULT_CHARS)}\n"
+    messages = [Message("system", persona.system_prompt)]
+    for question, answer in past:
+        messages += [Message("user", question), Message("assistant", answer)]
+    messages.append(Message("user", f"{context}{text}" if context else text))
+    return messages
