@@ -45,9 +45,14 @@ class Agent:
     def post(self, session: dict[str, Any], text: str, headers: dict[str, str] | None = None,
              **body: Any) -> httpx.Response:
         with httpx.Client(base_url=self.server, timeout=120) as http:
-            return http.post("/v1/turn", json={"session_id": session["jti"], "inputs": {"text": text},
-                                               **body},
+            return http.post("/v1/turn", json={"session_id": session["jti"],
+                                               "inputs": {"text": text}, **body},
                              headers={"Authorization": f"Bearer {session['jwt']}", **(headers or {})})
+
+    def run_calls(self, session: dict[str, Any], text: str, calls: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+        """A turn whose tool calls the client names (the model only answers)."""
+        return self.run(session, text, inputs={"text": text, "tool_calls": calls}, max_tokens=16)
 
     def run(self, session: dict[str, Any], text: str, headers: dict[str, str] | None = None,
             **body: Any) -> list[dict[str, Any]]:
@@ -232,3 +237,100 @@ def test_turns_need_a_session_token_and_stay_in_their_tenant(
         resp = intruder.http.get(f"/v1/turns/{turn_id}")
         assert resp.status_code == 404
         assert intruder.request("GET", "/v1/turns")["items"] == []
+
+
+def _audit(db: psycopg.Connection, tenant: str, trace: str) -> list[tuple[str, str, str]]:
+    return db.execute("SELECT action, decision, resource FROM audit_log WHERE tenant_id = %s "
+                      "AND trace_id = %s ORDER BY seq", (tenant, trace)).fetchall()
+
+
+def _ledger_consistent(db: psycopg.Connection, tenant: str, session: str, usage: dict) -> None:
+    row = db.execute("SELECT coalesce(sum(tokens), 0), coalesce(sum(tool_calls), 0) "
+                     "FROM usage_ledger WHERE tenant_id = %s AND session = %s",
+                     (tenant, session)).fetchone()
+    assert row == (usage["tokens"], usage["tool_calls"])
+    held = db.execute("SELECT count(*) FROM budget_reservations WHERE tenant_id = %s",
+                      (tenant,)).fetchone()
+    assert held == (0,)
+
+
+BAD_TOOLS = [
+    # (code, error type, what the tool.done / error says)
+    ("while True:\n    pass\n", ("tool-timeout", "tool-failed"), "soma-turn-hang"),
+    ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", ("tool-output-too-large",),
+     "soma-turn-flood"),
+]
+
+
+@pytest.mark.parametrize(("code", "errors", "marker"), BAD_TOOLS, ids=["hangs", "1GB-output"])
+def test_a_bad_tool_ends_in_an_error_event_audited_no_leak_ledger_consistent(
+        agent: Agent, db: psycopg.Connection, live_processes: Callable[[str], list[int]],
+        code: str, errors: tuple[str, ...], marker: str) -> None:
+    session = agent.session(tools=["python.eval"], memory="read")
+    call = {"tool": "python.eval", "arguments": {"code": f"# {marker}\n{code}"}}
+    events = agent.run_calls(session, "Run my program.", [call])
+    kinds = [e["type"] for e in events]
+    assert kinds[:3] == ["recall", "plan", "tool.call"] and kinds[-1] == "usage"
+    error = next(e["data"] for e in events if e["type"] == "error")
+    assert error["type"] in errors and error["fatal"] is False and error["call_id"]
+    done = next(e["data"] for e in events if e["type"] == "tool.done")
+    assert done["ok"] is False
+    assert ("tool.call", "error", "python.eval") in _audit(db, agent.tenant, events[0]["trace_id"])
+    assert live_processes(marker) == []
+    _ledger_consistent(db, agent.tenant, session["jti"], events[-1]["data"])
+    assert events[-1]["data"]["tool_calls"] == 1  # it ran, so it is charged
+
+
+def test_network_is_closed_to_sandboxed_tools(agent: Agent, db: psycopg.Connection) -> None:
+    session = agent.session(tools=["python.eval"], memory="read")
+    port = int(agent.server.rsplit(":", 1)[1])  # this very API server listens on loopback
+    code = ("import socket\ns = socket.socket()\ns.settimeout(3)\n"
+            f"s.connect(('127.0.0.1', {port}))\nprint('connected')\n")
+    events = agent.run_calls(session, "Go online.",
+                             [{"tool": "python.eval", "arguments": {"code": code}}])
+    done = next(e["data"] for e in events if e["type"] == "tool.done")
+    assert done["ok"] is True and done["result"]["exit_code"] != 0
+    assert "connected" not in done["result"]["stdout"]
+    assert "OSError" in done["result"]["stderr"] or "Error" in done["result"]["stderr"]
+    _ledger_consistent(db, agent.tenant, session["jti"], events[-1]["data"])
+
+
+def test_arguments_failing_the_schema_are_refused_and_audited(
+        agent: Agent, db: psycopg.Connection) -> None:
+    session = agent.session(tools=["python.eval"], memory="read")
+    events = agent.run_calls(session, "Run it.",
+                             [{"tool": "python.eval", "arguments": {"code": 42}}])
+    error = next(e["data"] for e in events if e["type"] == "error")
+    assert error["type"] == "invalid-input" and error["field"] == "arguments.code"
+    assert ("tool.call", "deny", "python.eval") in _audit(db, agent.tenant, events[0]["trace_id"])
+    assert events[-1]["data"]["tool_calls"] == 0  # refused before it ran: nothing charged
+    _ledger_consistent(db, agent.tenant, session["jti"], events[-1]["data"])
+
+
+def test_a_tool_call_outside_the_turn_is_403_and_audited(agent: Agent, db: psycopg.Connection
+                                                         ) -> None:
+    session = agent.session(tools=["python.eval"], memory="read")
+    resp = agent.post(session, "x", inputs={"text": "x", "tool_calls": [
+        {"tool": "memory.recall", "arguments": {"query": "x"}}]})
+    assert resp.status_code == 403 and resp.json()["field"] == "inputs.tool_calls[0].tool"
+    denied = db.execute("SELECT count(*) FROM audit_log WHERE tenant_id = %s AND "
+                        "action = 'turn.run' AND decision = 'deny'", (agent.tenant,)).fetchone()
+    assert denied == (1,)
+
+
+def test_model_output_cut_short_is_a_clear_non_fatal_error(agent: Agent,
+                                                           db: psycopg.Connection) -> None:
+    session = agent.session(tools=["python.eval"], memory="read")
+    events = agent.run(session, "Compute 2+2 with python.", tool_choice="required", max_tokens=4)
+    error = next(e["data"] for e in events if e["type"] == "error")
+    assert error["type"] == "model-output-invalid" and error["stage"] == "plan"
+    assert error["field"] == "max_tokens" and error["fatal"] is False
+    assert events[-1]["type"] == "usage" and events[-1]["data"]["tokens"] > 0  # charged
+    _ledger_consistent(db, agent.tenant, session["jti"], events[-1]["data"])
+
+
+def test_an_expired_session_token_is_401(agent: Agent) -> None:
+    session = agent.session(tools=[], memory="read", ttl_s=1)
+    time.sleep(2.1)
+    resp = agent.post(session, "hi")
+    assert resp.status_code == 401 and "expired" in resp.json()["detail"]

@@ -66,7 +66,12 @@ from somastack.brain.memory import remember
 from somastack.brain.model import MemoryDraft, RecallQuery
 from somastack.brain.recall import recall
 from somastack.config import Settings
-from somastack.errors import BudgetExhausted, ModelOutputInvalid, SomaError
+from somastack.errors import (
+    BudgetExhausted,
+    ModelOutputInvalid,
+    SomaError,
+    ToolFailed,
+)
 from somastack.governance import audit
 from somastack.ledger import PriceTable, Scope, release, reserve, settle
 from somastack.store import Database
@@ -109,6 +114,8 @@ class TurnSpec:
     tool_choice: Literal["auto", "required", "none"] = "auto"
     tools_per_min: int | None = None
     egress_allow: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)  # client-directed {tool, arguments}
+    max_tokens: int | None = None  # cap on every model call of the turn
 
 
 @dataclass
@@ -212,20 +219,21 @@ class Runtime:
         await log.flush()
 
         # 2. plan
-        steps: list[dict[str, Any]] = []
+        steps: list[dict[str, Any]] = [{"tool": c["tool"]} for c in spec.calls]
         plan_error: ModelOutputInvalid | None = None
-        if allowed and spec.tool_choice != "none" and spec.max_steps > 0:
+        if not steps and allowed and spec.tool_choice != "none" and spec.max_steps > 0:
             try:
                 plan = await self._model(llm, tally, ChatRequest(
                     messages=_plan_messages(persona, spec.text, registry, allowed, evidence),
                     json_schema=plan_schema(allowed, spec.max_steps,
                                             spec.tool_choice == "required"),
-                    max_tokens=64 + 32 * spec.max_steps))
+                    max_tokens=self._cap(spec, 64 + 32 * spec.max_steps)))
                 steps = plan.data["steps"]
             except ModelOutputInvalid as exc:  # no usable plan: answer without tools
                 plan_error = exc
-        yield log.add("plan", {"steps": steps, "tools_allowed": allowed,
-                               "max_steps": spec.max_steps, "providers": persona.providers})
+        yield log.add("plan", {"steps": steps, "source": "client" if spec.calls else "model",
+                               "tools_allowed": allowed, "max_steps": spec.max_steps,
+                               "providers": persona.providers})
         if plan_error is not None:
             yield log.add("error", error_data(plan_error, fatal=False, stage="plan"))
         await log.flush()
@@ -240,11 +248,20 @@ class Runtime:
         for i, step in enumerate(steps):
             tool = registry.get(step["tool"])
             call_id = f"{spec.turn_id}.{i + 1}"
+            if spec.calls:
+                args = spec.calls[i]["arguments"]
+                yield log.add("tool.call", {"call_id": call_id, "tool": tool.name,
+                                            "arguments": args, "step": i + 1})
+                async for event in self._tool(broker, ctx, spec, tool, args, call_id, i, log,
+                                              tally, results):
+                    yield event
+                await log.flush()
+                continue
             try:
                 call = await self._model(llm, tally, ChatRequest(
                     messages=_args_messages(tool, spec.text, evidence, results),
                     tools=[tool.spec()], tool_choice="required",
-                    max_tokens=min(ARGS_MAX_TOKENS, self.settings.llm_max_tokens)))
+                    max_tokens=self._cap(spec, ARGS_MAX_TOKENS)))
             except ModelOutputInvalid as exc:  # unusable arguments: this step fails, go on
                 results.append({"call_id": call_id, "tool": tool.name, "ok": False,
                                 "result": {"error": exc.detail}})
@@ -265,7 +282,7 @@ class Runtime:
         final: Completion | None = None
         async with aclosing(llm.stream(ChatRequest(
                 messages=_answer_messages(persona, spec.text, evidence, results, past),
-                max_tokens=self.settings.llm_max_tokens))) as chunks:
+                max_tokens=self._cap(spec, self.settings.llm_max_tokens)))) as chunks:
             async for chunk in chunks:
                 if chunk.completion is not None:
                     final = chunk.completion
@@ -293,6 +310,9 @@ class Runtime:
             yield log.add("remember", {"ids": [], "skipped": f"memory access is {spec.memory!r}"})
         yield log.add("usage", tally.report(self.prices, final.provider))
         await log.flush()
+
+    def _cap(self, spec: TurnSpec, tokens: int) -> int:
+        return min(tokens, self.settings.llm_max_tokens, spec.max_tokens or tokens)
 
     async def _model(self, llm: MeteredLLM, tally: _Tally, request: ChatRequest) -> Completion:
         started = time.perf_counter()
@@ -333,9 +353,16 @@ class Runtime:
                             "duration_ms": event.duration_ms})
         except BudgetExhausted:
             raise
-        except SomaError as exc:  # the call failed: say so, and answer without it
+        except SomaError as exc:  # the call failed: say so, audit it, and answer without it
             results.append({"call_id": call_id, "tool": tool.name, "ok": False,
                             "result": {"error": exc.detail}})
+            refused = not isinstance(exc, ToolFailed)  # gates refuse; ToolFailed means it ran
+            tally.tool_calls += 0 if refused else 1  # the broker charged the run
+            await audit.record(self.db, audit.AuditEvent(
+                actor=spec.actor, tenant_id=spec.tenant, action="tool.call", resource=tool.name,
+                decision="deny" if refused else "error", reasons=[exc.detail],
+                trace_id=spec.trace_id, payload={"turn_id": spec.turn_id, "call_id": call_id,
+                                                 "error_type": exc.type, "field": exc.field}))
             yield log.add("tool.done", {"call_id": call_id, "tool": tool.name, "ok": False,
                                         "error": exc.type})
             yield log.add("error", error_data(exc, fatal=False, call_id=call_id))

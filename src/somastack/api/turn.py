@@ -57,8 +57,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ClientToolCall(Strict):
+    tool: str = Field(min_length=1, max_length=128)
+    arguments: dict[str, Any] = Field(description="checked against the tool's JSON Schema")
+
+
 class TurnInputs(Strict):
     text: str = Field(min_length=1, max_length=8000, description="the user's message")
+    tool_calls: list[ClientToolCall] = Field(
+        default_factory=list, max_length=8,
+        description="tool calls the client asks for; they replace the model's plan and go "
+                    "through the same gates (allow-list, schema, policy, rate, budget)")
 
 
 class TurnAllow(Strict):
@@ -75,6 +84,8 @@ class TurnIn(Strict):
     max_steps: int = Field(default=3, ge=0, le=8, description="most tool calls in this turn")
     tool_choice: Literal["auto", "required", "none"] = Field(
         default="auto", description="required: the plan must call at least one tool")
+    max_tokens: int | None = Field(default=None, ge=1, le=8192,
+                                   description="cap on every model call of this turn")
 
 
 async def runtime(request: Request, s: AppState) -> Runtime:
@@ -114,6 +125,10 @@ def _allowed(body: TurnIn, claims: dict[str, Any], persona_tools: list[str], kno
                 raise ToolNotAllowed(f"{tool!r} is not on the session token's allow-list",
                                      field=f"allow.tools[{i}]")
         tools = list(dict.fromkeys(body.allow.tools))
+    for i, call in enumerate(body.inputs.tool_calls):
+        if call.tool not in tools:
+            raise ToolNotAllowed(f"{call.tool!r} is not among this turn's tools ({', '.join(tools)})",
+                                 field=f"inputs.tool_calls[{i}].tool")
     ceiling = token_allow.get("memory", "none")
     memory = body.allow.memory or ceiling
     if MEMORY_LEVELS.index(memory) > MEMORY_LEVELS.index(ceiling):
@@ -218,7 +233,8 @@ async def run_turn(
         session_id=body.session_id, persona=persona, text=body.inputs.text, tools=tools,
         memory=memory, authorize=_authorize(s, who, trace, turn.id), max_steps=body.max_steps,
         tool_choice=body.tool_choice, tools_per_min=(claims.get("budgets") or {}).get(
-            "tools_per_min"), egress_allow=_egress(s))
+            "tools_per_min"), egress_allow=_egress(s), max_tokens=body.max_tokens,
+        calls=[c.model_dump() for c in body.inputs.tool_calls])
     return _stream(_live(rt, spec, EventLog(s.db, who.tenant_id, turn.id, trace)), turn)
 
 
