@@ -124,6 +124,25 @@ class _Calls:
         return _Call("POST", "/v1/brain/plan", _clean({"from": str(source), "to": str(target), **fields}))
 
     @staticmethod
+    def create_persona(name: str, system_prompt: str, **fields: Any) -> _Call:
+        return _Call("POST", "/v1/personas",
+                     _clean({"name": name, "system_prompt": system_prompt, **fields}))
+
+    @staticmethod
+    def personas(**params: Any) -> _Call:
+        return _Call("GET", "/v1/personas", params=_clean(params))
+
+    @staticmethod
+    def persona(ref: str) -> _Call:
+        return _Call("GET", f"/v1/personas/{ref}")
+
+    @staticmethod
+    def usage(start: str | None = None, end: str | None = None,
+              group_by: Sequence[str] | None = None) -> _Call:
+        return _Call("GET", "/v1/usage", params=_clean(
+            {"from": start, "to": end, "group_by": ",".join(group_by) if group_by else None}))
+
+    @staticmethod
     def ready() -> _Call:
         return _Call("GET", "/readyz")
 
@@ -218,6 +237,23 @@ class Client:
         """Ranked paths of memories from cue `source` to cue `target` (texts or memory ids)."""
         return self._do(_Calls.plan(source, target, **fields))
 
+    def create_persona(self, name: str, system_prompt: str, **fields: Any) -> Any:
+        """Store a persona (providers, tools, namespace optional); the answer carries its hash."""
+        return self._do(_Calls.create_persona(name, system_prompt, **fields))
+
+    def personas(self, **params: Any) -> Any:
+        """A page of persona versions: {items, next_cursor} (params: name, limit, cursor)."""
+        return self._do(_Calls.personas(**params))
+
+    def persona(self, ref: str) -> Any:
+        """One persona by hash, or the newest version of a name."""
+        return self._do(_Calls.persona(ref))
+
+    def usage(self, start: str | None = None, end: str | None = None,
+              group_by: Sequence[str] | None = None) -> Any:
+        """Usage summed over [start, end) (ISO times) per group (agent, session, minute, hour, day)."""
+        return self._do(_Calls.usage(start, end, group_by))
+
     def ready(self) -> Any:
         return self._do(_Calls.ready())
 
@@ -302,6 +338,19 @@ class AsyncClient:
 
     async def plan(self, source: str, target: str, **fields: Any) -> Any:
         return await self._do(_Calls.plan(source, target, **fields))
+
+    async def create_persona(self, name: str, system_prompt: str, **fields: Any) -> Any:
+        return await self._do(_Calls.create_persona(name, system_prompt, **fields))
+
+    async def personas(self, **params: Any) -> Any:
+        return await self._do(_Calls.personas(**params))
+
+    async def persona(self, ref: str) -> Any:
+        return await self._do(_Calls.persona(ref))
+
+    async def usage(self, start: str | None = None, end: str | None = None,
+                    group_by: Sequence[str] | None = None) -> Any:
+        return await self._do(_Calls.usage(start, end, group_by))
 
     async def ready(self) -> Any:
         return await self._do(_Calls.ready())

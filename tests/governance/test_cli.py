@@ -30,7 +30,9 @@ def test_identity_verbs(fresh_server: str, fresh_settings: Settings) -> None:
     ok(owner, "key", "revoke", reader["id"])
     refused = run_soma(soma_env(fresh_settings, SOMA_API_KEY=reader["key"]), "recall", "x")
     assert refused.returncode == 1 and "revoked" in refused.stderr
-    jwt = ok(owner, "token", "mint", "--persona-hash", "p1", "--policy-hash", "q1",
+    persona = json.loads(ok(owner, "persona", "create", "--name", "p1", "--system-prompt", "Be brief.",
+                            "--json"))["hash"]
+    jwt = ok(owner, "token", "mint", "--persona-hash", persona, "--policy-hash", "q1",
              "--memory", "readwrite").strip()
     session = soma_env(fresh_settings, SOMA_API_KEY=jwt)
     ok(session, "remember", "written with a session token")
@@ -38,7 +40,8 @@ def test_identity_verbs(fresh_server: str, fresh_settings: Settings) -> None:
     assert "active kid" in ok(admin, "keys", "rotate")
     assert len(json.loads(ok(admin, "keys", "list", "--json"))) == len(before) + 1
     ok(session, "recall", "session")  # still valid after rotation
-    minted = json.loads(ok(owner, "token", "mint", "--persona-hash", "p", "--policy-hash", "q", "--json"))
+    minted = json.loads(ok(owner, "token", "mint", "--persona-hash", persona, "--policy-hash", "q",
+                           "--json"))
     ok(owner, "token", "revoke", minted["jti"])
     ok(admin, "tenant", "disable", tenant)
     assert run_soma(owner, "key", "list").returncode == 1

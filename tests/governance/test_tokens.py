@@ -15,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tests.governance.conftest import audit_rows
 
 from somastack import Client, SomaAPIError
+from somastack.agent.personas import persona_hash
 
-BODY = {"persona_hash": "sha3:persona", "policy_hash": "sha3:policy",
+PERSONA = {"name": "tester", "system_prompt": "You test session tokens."}
+BODY = {"persona_hash": persona_hash(PERSONA), "policy_hash": "sha3:policy",
         "budgets": {"tokens": 1000, "tools_per_min": 10}, "allow": {"memory": "readwrite"},
         "ttl_s": 600}
 
@@ -37,7 +39,10 @@ def refused(server: str, token: str) -> tuple[int, str]:
 
 @pytest.fixture
 def owner(make_client: Callable[[str | None], Client]) -> Client:
-    return make_client(f"tok-{uuid.uuid4().hex[:8]}")
+    """An admin client of a new tenant that has the persona BODY mints for."""
+    c = make_client(f"tok-{uuid.uuid4().hex[:8]}")
+    c.create_persona(**PERSONA)
+    return c
 
 
 def test_token_carries_claims_and_acts_for_its_tenant_only(server: str, owner: Client) -> None:

@@ -11,7 +11,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from somastack import __version__
-from somastack.api import audit, auth, brain, constitution, governance, health, memory, problems
+from somastack.api import (
+    audit,
+    auth,
+    brain,
+    constitution,
+    governance,
+    health,
+    memory,
+    personas,
+    problems,
+    usage,
+)
 from somastack.api.deps import AppState
 from somastack.api.metrics import LatencyMiddleware, Metrics
 from somastack.brain import memory as memory_store
@@ -77,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(memory.router)
     app.include_router(brain.router)
-    for router in (governance.router, auth.router, constitution.router, audit.router):
+    for router in (governance.router, auth.router, constitution.router, audit.router,
+                   personas.router, usage.router):
         app.include_router(router)
     return app

@@ -85,7 +85,7 @@ class Allow(Strict):
 
 class MintIn(Strict):
     tenant: str | None = Field(default=None, description="must be the credential's own tenant")
-    persona_hash: Hash
+    persona_hash: Hash = Field(description="the hash of one of your tenant's personas")
     policy_hash: Hash
     budgets: Budgets
     allow: Allow = Field(default_factory=Allow)
@@ -97,6 +97,8 @@ class MintOut(BaseModel):
     expires_in: int
     jti: str
     kid: str
+    session_id: str = Field(description="the session's id (= jti); its ledger budget is "
+                                        "`session:<session_id>`")
 
 
 class RevokeIn(Strict):

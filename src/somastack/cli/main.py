@@ -13,7 +13,7 @@ import psycopg
 import typer
 
 from somastack import __version__
-from somastack.cli import bench, brain, governance, governance_rules, memory
+from somastack.cli import agent, bench, brain, governance, governance_rules, memory
 from somastack.cli.output import console, err, print_json, table
 from somastack.config import get_settings
 from somastack.errors import ConstitutionInvalid, StoreUnavailable
@@ -33,6 +33,7 @@ app.add_typer(brain.app, name="brain")
 memory.register(app)
 governance.register(app)
 governance_rules.register(app)
+agent.register(app)
 
 
 @app.command()

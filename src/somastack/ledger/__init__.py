@@ -7,6 +7,7 @@ from somastack.ledger.budgets import (
     reserve,
     set_budget,
     settle,
+    write_budget,
 )
 from somastack.ledger.pricing import PriceTable
 from somastack.ledger.report import usage_report
@@ -15,4 +16,5 @@ from somastack.ledger.usage import Amounts, BudgetState, Limits, Reservation, Sc
 __all__ = [
     "Amounts", "BudgetState", "Limits", "PriceTable", "Reservation", "Scope", "budget",
     "expire_reservations", "release", "reserve", "set_budget", "settle", "usage_report",
+    "write_budget",
 ]

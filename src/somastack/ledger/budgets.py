@@ -49,17 +49,23 @@ def _state(row: dict[str, Any]) -> BudgetState:
 
 async def set_budget(db: Database, tenant: str, scope: str, limits: Limits) -> BudgetState:
     """Create or change a budget's limits (what was spent stays spent)."""
+    async with db.tenant(tenant) as conn:
+        return await write_budget(conn, tenant, scope, limits)
+
+
+async def write_budget(conn: psycopg.AsyncConnection, tenant: str, scope: str, limits: Limits
+                       ) -> BudgetState:
+    """`set_budget` on the caller's transaction (e.g. with the session token it budgets)."""
     check_scope(scope)
     names = [f"limit_{d}" for d in DIMENSIONS]
-    async with db.tenant(tenant) as conn:
-        rows = await fetch_rows(
-            conn,
-            f"INSERT INTO budgets (tenant_id, scope, {', '.join(names)}) "
-            f"VALUES (%s, %s, {', '.join(['%s'] * len(names))}) "
-            f"ON CONFLICT (tenant_id, scope) DO UPDATE SET "
-            f"{', '.join(f'{n} = EXCLUDED.{n}' for n in names)}, updated_at = now() RETURNING *",
-            (tenant, scope, *limits.values()),
-        )
+    rows = await fetch_rows(
+        conn,
+        f"INSERT INTO budgets (tenant_id, scope, {', '.join(names)}) "
+        f"VALUES (%s, %s, {', '.join(['%s'] * len(names))}) "
+        f"ON CONFLICT (tenant_id, scope) DO UPDATE SET "
+        f"{', '.join(f'{n} = EXCLUDED.{n}' for n in names)}, updated_at = now() RETURNING *",
+        (tenant, scope, *limits.values()),
+    )
     return _state(rows[0])
 
 
