@@ -10,6 +10,7 @@ Both build the same `_Call`s, so the two stay identical verb for verb:
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,22 @@ class _Calls:
         return _Call("POST", "/v1/brain/plan", _clean({"from": str(source), "to": str(target), **fields}))
 
     @staticmethod
+    def mint_session(persona_hash: str, *, tools: Sequence[str] = (), memory: str = "read",
+                     tokens: int = 100_000, tools_per_min: int = 60, cost_cents: int | None = None,
+                     ttl_s: int = 3600, policy_hash: str = "default") -> _Call:
+        budgets = _clean({"tokens": tokens, "tools_per_min": tools_per_min,
+                          "cost_cents": cost_cents})
+        return _Call("POST", "/v1/session/mint", {
+            "persona_hash": persona_hash, "policy_hash": policy_hash, "ttl_s": ttl_s,
+            "budgets": budgets, "allow": {"tools": list(tools), "memory": memory}})
+
+    @staticmethod
+    def turn_body(session_id: str, text: str, **options: Any) -> dict[str, Any]:
+        calls = options.pop("tool_calls", None)
+        inputs = _clean({"text": text, "tool_calls": calls})
+        return {"session_id": session_id, "inputs": inputs, **_clean(options)}
+
+    @staticmethod
     def create_persona(name: str, system_prompt: str, **fields: Any) -> _Call:
         return _Call("POST", "/v1/personas",
                      _clean({"name": name, "system_prompt": system_prompt, **fields}))
@@ -145,6 +162,13 @@ class _Calls:
     @staticmethod
     def ready() -> _Call:
         return _Call("GET", "/readyz")
+
+
+def turn_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Turn events from SSE lines: each event's `data:` is one JSON object."""
+    for line in lines:
+        if line.startswith("data:"):
+            yield json.loads(line[5:])
 
 
 def _headers(tenant: str | None, api_key: str | None) -> dict[str, str]:
@@ -254,6 +278,30 @@ class Client:
         """Usage summed over [start, end) (ISO times) per group (agent, session, minute, hour, day)."""
         return self._do(_Calls.usage(start, end, group_by))
 
+    def mint_session(self, persona_hash: str, **options: Any) -> Any:
+        """A session token for a persona: {jwt, jti (the session id), expires_in, kid}.
+
+        Options: tools, memory ("none" | "read" | "readwrite"), tokens, tools_per_min,
+        cost_cents, ttl_s, policy_hash.
+        """
+        return self._do(_Calls.mint_session(persona_hash, **options))
+
+    def turn(self, session: dict[str, Any], text: str, *, idempotency_key: str | None = None,
+             last_event_id: str | None = None, **options: Any) -> Iterator[dict[str, Any]]:
+        """Run a turn with a minted session; yields its events as they stream.
+
+        Options: allow ({tools, memory}), max_steps, tool_choice, max_tokens, tool_calls.
+        """
+        headers = _clean({"Authorization": f"Bearer {session['jwt']}",
+                          "Idempotency-Key": idempotency_key, "Last-Event-ID": last_event_id})
+        body = _Calls.turn_body(session["jti"], text, **options)
+        with self._http.stream("POST", "/v1/turn", json=body, headers=headers,
+                               timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _result(resp)
+            yield from turn_events(resp.iter_lines())
+
     def ready(self) -> Any:
         return self._do(_Calls.ready())
 
@@ -351,6 +399,26 @@ class AsyncClient:
     async def usage(self, start: str | None = None, end: str | None = None,
                     group_by: Sequence[str] | None = None) -> Any:
         return await self._do(_Calls.usage(start, end, group_by))
+
+    async def mint_session(self, persona_hash: str, **options: Any) -> Any:
+        return await self._do(_Calls.mint_session(persona_hash, **options))
+
+    async def turn(self, session: dict[str, Any], text: str, *,
+                   idempotency_key: str | None = None, last_event_id: str | None = None,
+                   **options: Any) -> AsyncIterator[dict[str, Any]]:
+        """Run a turn with a minted session; yields its events as they stream."""
+        headers = _clean({"Authorization": f"Bearer {session['jwt']}",
+                          "Idempotency-Key": idempotency_key, "Last-Event-ID": last_event_id})
+        body = _Calls.turn_body(session["jti"], text, **options)
+        async with self._http.stream("POST", "/v1/turn", json=body, headers=headers,
+                                     timeout=httpx.Timeout(self._http.timeout.connect, read=None)
+                                     ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _result(resp)
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    yield json.loads(line[5:])
 
     async def ready(self) -> Any:
         return await self._do(_Calls.ready())

@@ -116,7 +116,8 @@ async def test_crash_and_timeout_deny_and_the_evaluator_recovers(fresh_settings:
         with psycopg.connect(fresh_url, autocommit=True) as conn:
             conn.execute("DELETE FROM policy_overrides")
             assert [r[1] for r in audit_rows(conn, action="policy:memory.write")] == ["allow", "error"]
-        assert (await policy.authorize(fresh_db, pool, active, req)).allow  # a new worker took over
+        fresh = policy.Request(subject=who, action="memory.write", resource={"route": "again"})
+        assert (await policy.authorize(fresh_db, pool, active, fresh)).allow  # a new worker took over
     finally:
         pool.close()
     slow = RegoPool(1, 0.0005)

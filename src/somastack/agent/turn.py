@@ -131,6 +131,20 @@ class _Tally:
     model_ms: float = 0.0
     tools_ms: float = 0.0
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    _lap: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        self._lap = (self.started, 0.0, 0.0)
+
+    def lap(self, stage: str) -> None:
+        """Close a stage: its wall time since the previous lap, and the model and tool time in it."""
+        now = time.perf_counter()
+        last, model, tools = self._lap
+        self.stages[stage] = {"wall": round((now - last) * 1000, 3),
+                              "model": round(self.model_ms - model, 3),
+                              "tools": round(self.tools_ms - tools, 3)}
+        self._lap = (now, self.model_ms, self.tools_ms)
 
     def count(self, c: Completion, ms: float) -> None:
         self.prompt_tokens += c.usage.prompt_tokens
@@ -153,6 +167,7 @@ class _Tally:
             "timings_ms": {"total": round(total, 3), "model": round(self.model_ms, 3),
                            "tools": round(self.tools_ms, 3),
                            "overhead": round(total - self.model_ms - self.tools_ms, 3)},
+            "stages_ms": self.stages,
         }
 
 
@@ -216,8 +231,9 @@ class Runtime:
         yield log.add("recall", {"namespace": persona.namespace,
                                  "ids": [e["id"] for e in evidence], "evidence": evidence})
         past = await history(self.db, spec.tenant, spec.session_id, HISTORY_TURNS)
-        await log.flush()
+        log.flush()
 
+        tally.lap("recall")
         # 2. plan
         steps: list[dict[str, Any]] = [{"tool": c["tool"]} for c in spec.calls]
         plan_error: ModelOutputInvalid | None = None
@@ -236,8 +252,9 @@ class Runtime:
                                "providers": persona.providers})
         if plan_error is not None:
             yield log.add("error", error_data(plan_error, fatal=False, stage="plan"))
-        await log.flush()
+        log.flush()
 
+        tally.lap("plan")
         # 3. tools
         results: list[dict[str, Any]] = []
         broker = ToolBroker(registry, self.db, authorize=_authorizer(spec.authorize),
@@ -255,7 +272,7 @@ class Runtime:
                 async for event in self._tool(broker, ctx, spec, tool, args, call_id, i, log,
                                               tally, results):
                     yield event
-                await log.flush()
+                log.flush()
                 continue
             try:
                 call = await self._model(llm, tally, ChatRequest(
@@ -274,8 +291,9 @@ class Runtime:
             async for event in self._tool(broker, ctx, spec, tool, args, call_id, i, log, tally,
                                           results):
                 yield event
-            await log.flush()
+            log.flush()
 
+        tally.lap("tools")
         # 4. answer (streamed), 5. verify, then the final answer
         parts: list[str] = []
         started = time.perf_counter()
@@ -300,16 +318,18 @@ class Runtime:
         yield log.add("answer", {"final": True, "text": answer, "verdict": checked["verdict"],
                                  "citations": checked["citations"], "provider": final.provider,
                                  "model": final.model})
-        await log.flush()
+        log.flush()
 
+        tally.lap("answer")
         # 6. remember
         if spec.memory == "readwrite" and answer:
             written = await self._remember(spec, scope, answer, tally)
             yield log.add("remember", {"ids": written, "namespace": persona.namespace})
         else:
             yield log.add("remember", {"ids": [], "skipped": f"memory access is {spec.memory!r}"})
+        tally.lap("remember")
         yield log.add("usage", tally.report(self.prices, final.provider))
-        await log.flush()
+        log.flush()
 
     def _cap(self, spec: TurnSpec, tokens: int) -> int:
         return min(tokens, self.settings.llm_max_tokens, spec.max_tokens or tokens)
@@ -342,6 +362,7 @@ class Runtime:
                         yield log.add("tool.delta", {"call_id": call_id, "tool": tool.name,
                                                      "text": event.text})
                     elif isinstance(event, ToolDone):
+                        tally.tools_ms += event.run_ms
                         tally.tool_calls += 0 if event.replayed else 1
                         tally.egress_bytes += event.egress_bytes
                         tally.storage_bytes += event.storage_bytes
@@ -350,14 +371,16 @@ class Runtime:
                         yield log.add("tool.done", {
                             "call_id": call_id, "tool": tool.name, "ok": True,
                             "result": event.result, "replayed": event.replayed,
-                            "duration_ms": event.duration_ms})
+                            "duration_ms": event.duration_ms, "run_ms": event.run_ms})
         except BudgetExhausted:
             raise
         except SomaError as exc:  # the call failed: say so, audit it, and answer without it
             results.append({"call_id": call_id, "tool": tool.name, "ok": False,
                             "result": {"error": exc.detail}})
             refused = not isinstance(exc, ToolFailed)  # gates refuse; ToolFailed means it ran
-            tally.tool_calls += 0 if refused else 1  # the broker charged the run
+            if not refused:  # it ran (and the broker charged it): its time is the tool's
+                tally.tool_calls += 1
+                tally.tools_ms += (time.perf_counter() - started) * 1000
             await audit.record(self.db, audit.AuditEvent(
                 actor=spec.actor, tenant_id=spec.tenant, action="tool.call", resource=tool.name,
                 decision="deny" if refused else "error", reasons=[exc.detail],
@@ -366,8 +389,6 @@ class Runtime:
             yield log.add("tool.done", {"call_id": call_id, "tool": tool.name, "ok": False,
                                         "error": exc.type})
             yield log.add("error", error_data(exc, fatal=False, call_id=call_id))
-        finally:
-            tally.tools_ms += (time.perf_counter() - started) * 1000
 
     async def _remember(self, spec: TurnSpec, scope: Scope, answer: str, tally: _Tally
                         ) -> list[str]:
@@ -422,7 +443,7 @@ async def drive(runtime: Runtime, spec: TurnSpec, log: EventLog
 
 async def _close(runtime: Runtime, spec: TurnSpec, log: EventLog, status: str,
                  answer: str | None, error: dict[str, Any] | None, tally: _Tally) -> None:
-    await log.flush()  # events first: a reader that sees the status has every event
+    await log.drain()  # events first: a reader that sees the status has every event
     usage = tally.report(runtime.prices, spec.persona.providers[0])
     await finish_turn(runtime.db, spec.tenant, spec.turn_id, status=status, answer=answer,
                       error=error, usage=usage, fallbacks=tally.fallbacks)

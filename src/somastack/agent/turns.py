@@ -151,12 +151,14 @@ def event_of(turn_id: str, trace_id: str, seq: int, type_: str, data: Any) -> di
 
 
 class EventLog:
-    """The running turn's events: numbered as they happen, written in order on `flush`."""
+    """The running turn's events: numbered as they happen, written in order, off the turn's
+    critical path (`flush` starts a background write; `drain` waits for all of them)."""
 
     def __init__(self, db: Database, tenant: str, turn_id: str, trace_id: str) -> None:
         self.db, self.tenant, self.turn_id, self.trace_id = db, tenant, turn_id, trace_id
         self.seq = 0
         self._pending: list[dict[str, Any]] = []
+        self._writer: asyncio.Task[None] | None = None
         self.count_by_type: dict[str, int] = {}
 
     def add(self, type_: str, data: Any) -> dict[str, Any]:
@@ -166,10 +168,23 @@ class EventLog:
         self.count_by_type[type_] = self.count_by_type.get(type_, 0) + 1
         return event
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
+        """Write the pending events in the background, after every earlier write."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        self._writer = asyncio.create_task(self._write(pending, self._writer))
+
+    async def drain(self) -> None:
+        """Flush and wait until every event is stored (raises what a write raised)."""
+        self.flush()
+        if self._writer is not None:
+            await self._writer
+
+    async def _write(self, pending: list[dict[str, Any]], before: asyncio.Task[None] | None
+                     ) -> None:
+        if before is not None:
+            await before
         values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(pending))
         params: list[Any] = []
         for e in pending:

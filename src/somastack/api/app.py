@@ -21,6 +21,7 @@ from somastack.api import (
     memory,
     personas,
     problems,
+    turn,
     usage,
 )
 from somastack.api.deps import AppState
@@ -89,6 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(memory.router)
     app.include_router(brain.router)
     for router in (governance.router, auth.router, constitution.router, audit.router,
-                   personas.router, usage.router):
+                   personas.router, usage.router, turn.router):
         app.include_router(router)
     return app

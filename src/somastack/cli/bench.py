@@ -62,3 +62,17 @@ def locomo(
         err.print(f"[red]error[/red] {exc}")
         raise typer.Exit(2) from exc
     print_json(result)
+
+
+@app.command()
+def turn(
+    turns: Annotated[int, typer.Option(min=1, help="turns per shape (client_tools, model_plan)")] = 30,
+    home: Annotated[Path | None, typer.Option(help="SOMA_HOME for the bench server (default: temp)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON only: no progress bars")] = False,
+) -> None:
+    """Agent turn overhead beyond model and tool time (p50/p95 ms) and SSE events/s."""
+    from somastack.bench import turn as bench_turn
+
+    with _bars(enabled=not json_out) as bars:
+        result = bench_turn.run(turns, home=home, progress=bars)
+    print_json(result)

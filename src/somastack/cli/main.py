@@ -13,7 +13,7 @@ import psycopg
 import typer
 
 from somastack import __version__
-from somastack.cli import agent, bench, brain, governance, governance_rules, memory
+from somastack.cli import agent, bench, brain, chat, governance, governance_rules, memory
 from somastack.cli.output import console, err, print_json, table
 from somastack.config import get_settings
 from somastack.errors import ConstitutionInvalid, StoreUnavailable
@@ -34,6 +34,7 @@ memory.register(app)
 governance.register(app)
 governance_rules.register(app)
 agent.register(app)
+chat.register(app)
 
 
 @app.command()

@@ -72,6 +72,7 @@ class ToolDone:
     duration_ms: float
     egress_bytes: int = 0
     storage_bytes: int = 0
+    run_ms: float = 0.0  # the tool's own execution, without the gates
 
 
 ToolEvent = ToolDelta | ToolDone
@@ -124,12 +125,14 @@ class ToolBroker:
             await calls.admit(self.db, ctx.tenant, name, tool.rate_limit_per_min)
             hold = await self.budget.reserve(ctx, tool)
             ran = True
+            run_started = time.monotonic()
             async with aclosing(self._execute(ctx, tool, args)) as items:
                 async for item in items:
                     if isinstance(item, str):
                         yield ToolDelta(call_id, name, item)
                     else:
                         output = item
+            run_ms = _ms(run_started)
             if output is None:
                 raise ToolFailed(f"{name} finished without a result", field="result")
             check_against(tool.result_schema, output.result, "result", ToolFailed)
@@ -142,7 +145,7 @@ class ToolBroker:
             if claim is not None:
                 await calls.drop(self.db, ctx.tenant, claim.key)
         yield ToolDone(call_id, name, output.result, False, _ms(started), output.egress_bytes,
-                       output.storage_bytes)
+                       output.storage_bytes, run_ms)
 
     async def run(self, ctx: ToolContext, name: str, args: dict[str, Any], *,
                   idempotency_key: str | None = None) -> ToolDone:
