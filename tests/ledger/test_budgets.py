@@ -128,3 +128,26 @@ async def test_usage_report_groups_and_checks_input(database: Database, tenant: 
     with pytest.raises(InvalidInput) as err:
         await set_budget(database, tenant, "team:x", Limits())
     assert err.value.field == "scope"
+
+
+@pytest.mark.asyncio
+async def test_charge_spends_exact_amounts_at_once_and_refund_undoes_it(
+    database: Database, tenant: str, db: psycopg.Connection
+) -> None:
+    from somastack.ledger import charge, refund
+
+    scope = Scope(tenant, agent="a1", session="s9")
+    await set_budget(database, tenant, "session:s9", Limits(storage_bytes=1000))
+    minute = await charge(database, scope, Amounts(storage_bytes=700))
+    with pytest.raises(BudgetExhausted) as err:  # refused: nothing spent, nothing recorded
+        await charge(database, scope, Amounts(storage_bytes=400))
+    assert err.value.field == "storage_bytes"
+    state = await budget(database, tenant, "session:s9")
+    assert state is not None and state.spent.storage_bytes == 700 and state.reserved.storage_bytes == 0
+    row = db.execute("SELECT storage_bytes FROM usage_ledger WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert row == (700,)
+    await refund(database, scope, Amounts(storage_bytes=700), minute)
+    state = await budget(database, tenant, "session:s9")
+    assert state is not None and state.spent.storage_bytes == 0
+    row = db.execute("SELECT storage_bytes FROM usage_ledger WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert row == (0,)

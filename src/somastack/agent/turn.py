@@ -73,7 +73,7 @@ from somastack.errors import (
     ToolFailed,
 )
 from somastack.governance import audit
-from somastack.ledger import PriceTable, Scope, release, reserve, settle
+from somastack.ledger import PriceTable, Scope, charge, refund
 from somastack.store import Database
 
 log_ = logging.getLogger("somastack.agent")
@@ -186,6 +186,7 @@ class Runtime:
         self.budget = LedgerBudget(db, self.prices)
         self._chains: dict[tuple[str, ...], FallbackChain] = {}
         self._registries: dict[tuple[str, tuple[str, ...]], ToolRegistry] = {}
+        self.personas: dict[tuple[str, str], Any] = {}  # (tenant, hash) → persona (immutable)
 
     def chain(self, providers: list[str]) -> FallbackChain:
         key = tuple(providers)
@@ -222,15 +223,19 @@ class Runtime:
         allowed = [t for t in spec.tools if t in registry.names()]
 
         # 1. recall
+        past_task = asyncio.create_task(history(self.db, spec.tenant, spec.session_id,
+                                                HISTORY_TURNS))
         evidence: list[dict[str, Any]] = []
-        if spec.memory != "none":
-            found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
-                spec.text, namespace=persona.namespace, top_k=5, include_scores=False))
-            evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
-                         "score": round(float(e.score), 4)} for e in found.evidence]
+        try:
+            if spec.memory != "none":
+                found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
+                    spec.text, namespace=persona.namespace, top_k=5, include_scores=False))
+                evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
+                             "score": round(float(e.score), 4)} for e in found.evidence]
+        finally:
+            past = await past_task
         yield log.add("recall", {"namespace": persona.namespace,
                                  "ids": [e["id"] for e in evidence], "evidence": evidence})
-        past = await history(self.db, spec.tenant, spec.session_id, HISTORY_TURNS)
         log.flush()
 
         tally.lap("recall")
@@ -394,7 +399,8 @@ class Runtime:
                         ) -> list[str]:
         content = f"Q: {spec.text}\nA: {answer}"[: self.settings.max_content_bytes // 4]
         size = len(content.encode())
-        hold = await reserve(self.db, scope, self.prices.charge(storage_bytes=size))
+        cost = self.prices.charge(storage_bytes=size)
+        minute = await charge(self.db, scope, cost)  # exact before it runs: one transaction
         try:
             (written,) = await remember(self.db, self.embedder, spec.tenant, [MemoryDraft(
                 namespace=spec.persona.namespace, content=content, kind="episodic",
@@ -403,9 +409,8 @@ class Runtime:
                 metadata={"turn_id": spec.turn_id, "session_id": spec.session_id})],
                 max_bytes=self.settings.max_content_bytes)
         except BaseException:
-            await release(self.db, hold)
+            await refund(self.db, scope, cost, minute)
             raise
-        await settle(self.db, hold, self.prices.charge(storage_bytes=size))
         tally.storage_bytes += size
         return [str(written.id)]
 

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from somastack.agent.personas import get_persona
+from somastack.agent.personas import Persona, get_persona
 from somastack.agent.tools import Decision
 from somastack.agent.turn import Runtime, TurnSpec, drive
 from somastack.agent.turns import (
@@ -50,6 +50,7 @@ router = APIRouter(tags=["agent"])
 Runner = Annotated[Principal, scoped("agent:run")]
 MEMORY_LEVELS = ("none", "read", "readwrite")
 TAIL_TIMEOUT_S = 600.0
+PERSONA_CACHE = 10_000
 _runtime_lock = asyncio.Lock()
 
 
@@ -212,8 +213,8 @@ async def run_turn(
     if last_event_id:
         turn, after = await _resume(s.db, who.tenant_id, last_event_id, body.session_id)
         return _stream(tail(s.db, turn, after, timeout_s=TAIL_TIMEOUT_S), turn)
-    persona = await get_persona(s.db, who.tenant_id, claims["persona_hash"])
     rt = await runtime(request, s)
+    persona = await _persona(rt, s.db, who.tenant_id, claims["persona_hash"])
     registry = rt.registry(persona.namespace, _egress(s))
     try:
         tools, memory = _allowed(body, claims, persona.tools, registry.names())
@@ -236,6 +237,17 @@ async def run_turn(
             "tools_per_min"), egress_allow=_egress(s), max_tokens=body.max_tokens,
         calls=[c.model_dump() for c in body.inputs.tool_calls])
     return _stream(_live(rt, spec, EventLog(s.db, who.tenant_id, turn.id, trace)), turn)
+
+
+async def _persona(rt: Runtime, db: Database, tenant: str, ref: str) -> Persona:
+    """The session's persona; a persona is content-addressed (its hash), so it is cached."""
+    key = (tenant, ref)
+    persona = rt.personas.get(key)
+    if persona is None:
+        if len(rt.personas) >= PERSONA_CACHE:
+            rt.personas.clear()
+        persona = rt.personas[key] = await get_persona(db, tenant, ref)
+    return persona
 
 
 def _egress(s: AppState) -> list[str]:

@@ -2,7 +2,9 @@
 
 from somastack.ledger.budgets import (
     budget,
+    charge,
     expire_reservations,
+    refund,
     release,
     reserve,
     set_budget,
@@ -14,7 +16,7 @@ from somastack.ledger.report import usage_report
 from somastack.ledger.usage import Amounts, BudgetState, Limits, Reservation, Scope
 
 __all__ = [
-    "Amounts", "BudgetState", "Limits", "PriceTable", "Reservation", "Scope", "budget",
-    "expire_reservations", "release", "reserve", "set_budget", "settle", "usage_report",
+    "Amounts", "BudgetState", "Limits", "PriceTable", "Reservation", "Scope", "budget", "charge",
+    "expire_reservations", "refund", "release", "reserve", "set_budget", "settle", "usage_report",
     "write_budget",
 ]

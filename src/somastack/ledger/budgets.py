@@ -11,6 +11,7 @@ is settled never exceeds what was reserved; an overrun is still recorded as spen
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -155,6 +156,34 @@ async def release(db: Database, reservation: Reservation) -> None:
         scopes = await _close(conn, reservation)
         await _shift(conn, reservation.scope.tenant, scopes, _negated(reservation.amounts),
                      Amounts().values())
+
+
+async def charge(db: Database, scope: Scope, actual: Amounts) -> datetime:
+    """Spend a known amount now (one transaction): BudgetExhausted, spending nothing, if any
+    budget of the scope cannot cover it. For steps whose cost is exact before they run.
+    Returns the ledger minute it was recorded in (for `refund`)."""
+    scopes = scope.budget_scopes()
+    async with db.tenant(scope.tenant) as conn:
+        for state in await _locked_budgets(conn, scope.tenant, scopes):
+            refusal = _refusal(state, actual)
+            if refusal is not None:
+                raise refusal
+        await _shift(conn, scope.tenant, scopes, Amounts().values(), actual.values())
+        await record(conn, scope, actual)
+        rows = await fetch_rows(conn, "SELECT date_trunc('minute', now()) AS minute", ())
+    return rows[0]["minute"]  # type: ignore[no-any-return]
+
+
+async def refund(db: Database, scope: Scope, amounts: Amounts, minute: datetime) -> None:
+    """Undo a `charge` whose step then failed: budgets and that minute's ledger row."""
+    scopes = scope.budget_scopes()
+    async with db.tenant(scope.tenant) as conn:
+        await _locked_budgets(conn, scope.tenant, scopes)
+        await _shift(conn, scope.tenant, scopes, Amounts().values(), _negated(amounts))
+        await conn.execute(
+            "UPDATE usage_ledger SET " + ", ".join(f"{d} = {d} - %s" for d in DIMENSIONS)
+            + " WHERE tenant_id = %s AND agent = %s AND session = %s AND ts_minute = %s",
+            (*amounts.values(), scope.tenant, scope.agent, scope.session, minute))
 
 
 async def record(conn: psycopg.AsyncConnection, scope: Scope, actual: Amounts) -> None:
