@@ -30,11 +30,13 @@ from somastack.brain import memory as memory_store
 from somastack.brain.embed import AsyncEmbedder, build_embedder
 from somastack.config import Settings, get_settings
 from somastack.governance.runtime import prepare
+from somastack.ledger import expire_reservations
 from somastack.store import Database
 from somastack.store.outbox_relay import OutboxRelay
 
 log = logging.getLogger("somastack.api")
 PURGE_EVERY_S = 60.0
+STALE_RESERVATION_S = 900.0  # far beyond the longest model call or tool run
 
 
 async def _purge_forever(db: Database) -> None:
@@ -44,6 +46,10 @@ async def _purge_forever(db: Database) -> None:
             await memory_store.purge_expired(db)
         except Exception:  # keep purging on the next tick; reads hide expired rows anyway
             log.exception("purging expired memories failed")
+        try:  # holds of steps whose process died: give the budget back
+            await expire_reservations(db, STALE_RESERVATION_S)
+        except Exception:
+            log.exception("expiring stale budget reservations failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
