@@ -97,6 +97,15 @@ async def _locked_budgets(conn: psycopg.AsyncConnection, tenant: str, scopes: li
     return [_state(r) for r in rows]
 
 
+async def _lock_covering(conn: psycopg.AsyncConnection, tenant: str, scopes: list[str],
+                         need: Amounts) -> None:
+    """Lock the scope's budgets; BudgetExhausted (naming the dimension) if one cannot cover."""
+    for state in await _locked_budgets(conn, tenant, scopes):
+        refusal = _refusal(state, need)
+        if refusal is not None:
+            raise refusal
+
+
 async def _shift(conn: psycopg.AsyncConnection, tenant: str, scopes: list[str],
                  reserved: Sequence[int | Decimal], spent: Sequence[int | Decimal]) -> None:
     """reserved += `reserved`, spent += `spent` on the scope's budget rows (negatives allowed)."""
@@ -117,10 +126,7 @@ async def reserve(db: Database, scope: Scope, need: Amounts) -> Reservation:
     scopes = scope.budget_scopes()
     rid = uuid.uuid4()
     async with db.tenant(scope.tenant) as conn:
-        for state in await _locked_budgets(conn, scope.tenant, scopes):
-            refusal = _refusal(state, need)
-            if refusal is not None:
-                raise refusal
+        await _lock_covering(conn, scope.tenant, scopes, need)
         await _shift(conn, scope.tenant, scopes, need.values(), Amounts().values())
         await conn.execute(
             f"INSERT INTO budget_reservations (id, tenant_id, agent, session, scopes, {_COLS}) "
@@ -164,10 +170,7 @@ async def charge(db: Database, scope: Scope, actual: Amounts) -> datetime:
     Returns the ledger minute it was recorded in (for `refund`)."""
     scopes = scope.budget_scopes()
     async with db.tenant(scope.tenant) as conn:
-        for state in await _locked_budgets(conn, scope.tenant, scopes):
-            refusal = _refusal(state, actual)
-            if refusal is not None:
-                raise refusal
+        await _lock_covering(conn, scope.tenant, scopes, actual)
         await _shift(conn, scope.tenant, scopes, Amounts().values(), actual.values())
         await record(conn, scope, actual)
         rows = await fetch_rows(conn, "SELECT date_trunc('minute', now()) AS minute", ())
