@@ -334,3 +334,17 @@ def test_an_expired_session_token_is_401(agent: Agent) -> None:
     time.sleep(2.1)
     resp = agent.post(session, "hi")
     assert resp.status_code == 401 and "expired" in resp.json()["detail"]
+
+
+def test_session_tools_per_min_gates_tool_calls(agent: Agent, db: psycopg.Connection) -> None:
+    body = {"persona_hash": agent.persona["hash"], "policy_hash": "sha3:policy", "ttl_s": 600,
+            "budgets": {"tokens": 50_000, "tools_per_min": 1},
+            "allow": {"tools": ["python.eval"], "memory": "read"}}
+    session = agent.admin.request("POST", "/v1/session/mint", json=body)
+    call = {"tool": "python.eval", "arguments": {"code": "print(1)"}}
+    events = agent.run_calls(session, "Twice.", [call, call])
+    done = [e["data"] for e in events if e["type"] == "tool.done"]
+    assert [d["ok"] for d in done] == [True, False]
+    error = next(e["data"] for e in events if e["type"] == "error")
+    assert error["type"] == "rate-limited" and error["field"] == "budgets.tools_per_min"
+    _ledger_consistent(db, agent.tenant, session["jti"], events[-1]["data"])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -58,7 +58,6 @@ from somastack.agent.tools import (
     memory_tools,
     python_eval_tool,
 )
-from somastack.agent.tools import calls as tool_calls
 from somastack.agent.turns import EventLog, finish_turn, history
 from somastack.agent.verify import Ground, tool_text, verify
 from somastack.brain.embed import AsyncEmbedder
@@ -69,6 +68,7 @@ from somastack.config import Settings
 from somastack.errors import (
     BudgetExhausted,
     ModelOutputInvalid,
+    RateLimited,
     SomaError,
     ToolFailed,
 )
@@ -112,7 +112,8 @@ class TurnSpec:
     authorize: AuthorizeTool
     max_steps: int = 3
     tool_choice: Literal["auto", "required", "none"] = "auto"
-    tools_per_min: int | None = None
+    # the session's tool-call rate gate: returns None to admit, or seconds to wait
+    tool_rate: Callable[[], Awaitable[int | None]] | None = None
     egress_allow: list[str] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)  # client-directed {tool, arguments}
     max_tokens: int | None = None  # cap on every model call of the turn
@@ -358,8 +359,10 @@ class Runtime:
                     results: list[dict[str, Any]]) -> AsyncGenerator[dict[str, Any], None]:
         started = time.perf_counter()
         try:
-            await tool_calls.admit(self.db, spec.tenant, f"session:{spec.session_id}",
-                                   spec.tools_per_min)
+            retry = await spec.tool_rate() if spec.tool_rate is not None else None
+            if retry is not None:
+                raise RateLimited(f"this session's tools_per_min is used up; retry in {retry} s",
+                                  field="budgets.tools_per_min", retry_after_s=retry)
             async with aclosing(broker.call(ctx, tool.name, args, call_id=call_id,
                                             idempotency_key=f"{spec.turn_id}:{step}")) as events:
                 async for event in events:

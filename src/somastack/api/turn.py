@@ -41,7 +41,7 @@ from somastack.agent.turns import (
 )
 from somastack.api.deps import AppState, State, scoped, trace_id
 from somastack.errors import Forbidden, InvalidInput, NotFound, SomaError, ToolNotAllowed
-from somastack.governance import policy
+from somastack.governance import policy, ratelimit
 from somastack.governance.auth import refuse
 from somastack.governance.principal import Principal
 from somastack.store import Database
@@ -233,8 +233,8 @@ async def run_turn(
         tenant=who.tenant_id, actor=who.actor, turn_id=turn.id, trace_id=trace,
         session_id=body.session_id, persona=persona, text=body.inputs.text, tools=tools,
         memory=memory, authorize=_authorize(s, who, trace, turn.id), max_steps=body.max_steps,
-        tool_choice=body.tool_choice, tools_per_min=(claims.get("budgets") or {}).get(
-            "tools_per_min"), egress_allow=_egress(s), max_tokens=body.max_tokens,
+        tool_choice=body.tool_choice, tool_rate=_tool_rate(s, body.session_id, claims),
+        egress_allow=_egress(s), max_tokens=body.max_tokens,
         calls=[c.model_dump() for c in body.inputs.tool_calls])
     return _stream(_live(rt, spec, EventLog(s.db, who.tenant_id, turn.id, trace)), turn)
 
@@ -248,6 +248,18 @@ async def _persona(rt: Runtime, db: Database, tenant: str, ref: str) -> Persona:
             rt.personas.clear()
         persona = rt.personas[key] = await get_persona(db, tenant, ref)
     return persona
+
+
+def _tool_rate(s: AppState, session_id: str, claims: dict[str, Any]) -> Any:
+    """The session token's tools_per_min as a gate on the governance rate limiter."""
+    per_min = (claims.get("budgets") or {}).get("tools_per_min")
+    if per_min is None:
+        return None
+    limit = ratelimit.Limit(int(per_min), 60)
+
+    async def gate() -> int | None:
+        return await s.governance.limiter.hit(f"tools:session:{session_id}", limit)
+    return gate
 
 
 def _egress(s: AppState) -> list[str]:
