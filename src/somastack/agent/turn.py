@@ -10,8 +10,8 @@ numbered and queued for storage in its EventLog. Stages:
    constrained decoding: the tool names are an enum of the allowed tools, and the step count is
    capped by `max_steps` (at least one step when `tool_choice` is `required`).
 3. **tools** — for each step the model writes the arguments (constrained to the tool's JSON
-   Schema), then the broker runs the call through its gates (allow-list, schema, policy, rate,
-   budget, idempotency `{turn_id}:{step}`), streaming `tool.call`, `tool.delta`, `tool.done`.
+   Schema), then the broker runs the call through its gates (allow-list, schema, policy, the
+   session's tools_per_min, budget), streaming `tool.call`, `tool.delta`, `tool.done`.
    A failed call becomes a non-fatal `error` event and the turn goes on without its result.
 4. **answer** — streamed from the model as `answer` deltas, grounded in evidence and results;
 5. **verify** — the answer checked against evidence and tool results (see agent/verify.py),
@@ -275,7 +275,7 @@ class Runtime:
                 args = spec.calls[i]["arguments"]
                 yield log.add("tool.call", {"call_id": call_id, "tool": tool.name,
                                             "arguments": args, "step": i + 1})
-                async for event in self._tool(broker, ctx, spec, tool, args, call_id, i, log,
+                async for event in self._tool(broker, ctx, spec, tool, args, call_id, log,
                                               tally, results):
                     yield event
                 log.flush()
@@ -294,7 +294,7 @@ class Runtime:
             args = call.tool_calls[0].arguments
             yield log.add("tool.call", {"call_id": call_id, "tool": tool.name, "arguments": args,
                                         "step": i + 1})
-            async for event in self._tool(broker, ctx, spec, tool, args, call_id, i, log, tally,
+            async for event in self._tool(broker, ctx, spec, tool, args, call_id, log, tally,
                                           results):
                 yield event
             log.flush()
@@ -355,7 +355,7 @@ class Runtime:
         return completion
 
     async def _tool(self, broker: ToolBroker, ctx: ToolContext, spec: TurnSpec, tool: ToolDef,
-                    args: dict[str, Any], call_id: str, step: int, log: EventLog, tally: _Tally,
+                    args: dict[str, Any], call_id: str, log: EventLog, tally: _Tally,
                     results: list[dict[str, Any]]) -> AsyncGenerator[dict[str, Any], None]:
         started = time.perf_counter()
         try:
@@ -363,8 +363,9 @@ class Runtime:
             if retry is not None:
                 raise RateLimited(f"this session's tools_per_min is used up; retry in {retry} s",
                                   field="budgets.tools_per_min", retry_after_s=retry)
-            async with aclosing(broker.call(ctx, tool.name, args, call_id=call_id,
-                                            idempotency_key=f"{spec.turn_id}:{step}")) as events:
+            # no per-call idempotency key: a turn never runs twice (its Idempotency-Key replays
+            # the stored events), so a step cannot be retried into a second run
+            async with aclosing(broker.call(ctx, tool.name, args, call_id=call_id)) as events:
                 async for event in events:
                     if isinstance(event, ToolDelta):
                         yield log.add("tool.delta", {"call_id": call_id, "tool": tool.name,
