@@ -196,6 +196,28 @@ def test_client_disconnect_cancels_and_records_a_partial_turn(agent: Agent) -> N
     kinds = [e["type"] for e in turn["events"]]
     assert kinds[:2] == ["recall", "plan"] and kinds[-2:] == ["error", "usage"]
     assert turn["events"][-2]["data"]["type"] == "cancelled"
+    usage = turn["events"][-1]["data"]
+    assert usage["tokens"] > 0  # the abandoned stream is charged, and reported as charged
+
+
+def test_a_cancelled_turn_reports_what_the_ledger_charged(agent: Agent, db: psycopg.Connection
+                                                          ) -> None:
+    session = agent.session(tools=[], memory="read")
+    with httpx.Client(base_url=agent.server, timeout=60) as http, http.stream(
+            "POST", "/v1/turn", json={"session_id": session["jti"],
+                                      "inputs": {"text": "Tell a very long story about a cat."}},
+            headers={"Authorization": f"Bearer {session['jwt']}"}) as resp:
+        turn_id = resp.headers["x-turn-id"]
+        deltas = 0
+        for line in resp.iter_lines():
+            deltas += line.startswith("event: answer")
+            if deltas == 5:
+                break
+    deadline = time.monotonic() + 30
+    while (turn := agent.admin.request("GET", f"/v1/turns/{turn_id}"))["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    _ledger_consistent(db, agent.tenant, session["jti"], turn["events"][-1]["data"])
 
 
 @pytest.mark.parametrize(("change", "status", "field"), [

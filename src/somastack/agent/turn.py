@@ -43,7 +43,7 @@ from somastack.agent.llm import (
     ToolCall,
     build_chain,
 )
-from somastack.agent.metering import MeteredLLM
+from somastack.agent.metering import MeteredLLM, prompt_token_bound
 from somastack.agent.tools import (
     Decision,
     LedgerBudget,
@@ -131,6 +131,7 @@ class _Tally:
     egress_bytes: int = 0
     model_ms: float = 0.0
     tools_ms: float = 0.0
+    streaming: int = 0  # tokens charged so far by an answer stream that has not ended
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     _lap: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -155,14 +156,15 @@ class _Tally:
                             "detail": f.detail} for f in c.fallbacks]
 
     def report(self, prices: PriceTable, provider: str) -> dict[str, Any]:
-        tokens = self.prompt_tokens + self.completion_tokens
+        tokens = self.prompt_tokens + self.completion_tokens + self.streaming
         cost = prices.charge(tokens=tokens, tool_calls=self.tool_calls, provider=provider,
                              storage_bytes=self.storage_bytes,
                              egress_bytes=self.egress_bytes).cost_cents
         total = (time.perf_counter() - self.started) * 1000
         return {
             "tokens": tokens, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "tool_calls": self.tool_calls,
+            "completion_tokens": self.completion_tokens + self.streaming,
+            "tool_calls": self.tool_calls,
             "storage_bytes": self.storage_bytes, "egress_bytes": self.egress_bytes,
             "cost_cents": str(cost.quantize(Decimal("0.000001"))),
             "timings_ms": {"total": round(total, 3), "model": round(self.model_ms, 3),
@@ -304,17 +306,24 @@ class Runtime:
         parts: list[str] = []
         started = time.perf_counter()
         final: Completion | None = None
-        async with aclosing(llm.stream(ChatRequest(
-                messages=_answer_messages(persona, spec.text, evidence, results, past),
-                max_tokens=self._cap(spec, self.settings.llm_max_tokens)))) as chunks:
-            async for chunk in chunks:
-                if chunk.completion is not None:
-                    final = chunk.completion
-                elif chunk.delta:
-                    parts.append(chunk.delta)
-                    yield log.add("answer", {"delta": chunk.delta})
+        request = ChatRequest(messages=_answer_messages(persona, spec.text, evidence, results, past),
+                              max_tokens=self._cap(spec, self.settings.llm_max_tokens))
+        # until the stream ends, count what the ledger would charge an abandoned stream
+        tally.streaming = prompt_token_bound(request)
+        try:
+            async with aclosing(llm.stream(request)) as chunks:
+                async for chunk in chunks:
+                    if chunk.completion is not None:
+                        final = chunk.completion
+                    elif chunk.delta:
+                        parts.append(chunk.delta)
+                        tally.streaming += 1
+                        yield log.add("answer", {"delta": chunk.delta})
+        finally:
+            tally.model_ms += (time.perf_counter() - started) * 1000
         assert final is not None
-        tally.count(final, (time.perf_counter() - started) * 1000)
+        tally.streaming = 0
+        tally.count(final, 0.0)
         answer = final.text.strip() or "".join(parts).strip()
         grounds = [Ground("memory", e["id"], e["content"]) for e in evidence] + [
             Ground("tool", r["call_id"], tool_text(r["result"], RESULT_CHARS))
@@ -328,11 +337,13 @@ class Runtime:
 
         tally.lap("answer")
         # 6. remember
-        if spec.memory == "readwrite" and answer:
-            written = await self._remember(spec, scope, answer, tally)
-            yield log.add("remember", {"ids": written, "namespace": persona.namespace})
-        else:
+        if spec.memory != "readwrite" or not answer:
             yield log.add("remember", {"ids": [], "skipped": f"memory access is {spec.memory!r}"})
+        elif checked["verdict"] == "unsupported":  # never let a made-up answer become evidence
+            yield log.add("remember", {"ids": [], "skipped": "the answer failed verification"})
+        else:
+            written = await self._remember(spec, scope, answer, checked["verdict"], tally)
+            yield log.add("remember", {"ids": written, "namespace": persona.namespace})
         tally.lap("remember")
         yield log.add("usage", tally.report(self.prices, final.provider))
         log.flush()
@@ -399,8 +410,8 @@ class Runtime:
                                         "error": exc.type})
             yield log.add("error", error_data(exc, fatal=False, call_id=call_id))
 
-    async def _remember(self, spec: TurnSpec, scope: Scope, answer: str, tally: _Tally
-                        ) -> list[str]:
+    async def _remember(self, spec: TurnSpec, scope: Scope, answer: str, verdict: str,
+                        tally: _Tally) -> list[str]:
         content = f"Q: {spec.text}\nA: {answer}"[: self.settings.max_content_bytes // 4]
         size = len(content.encode())
         cost = self.prices.charge(storage_bytes=size)
@@ -410,7 +421,8 @@ class Runtime:
                 namespace=spec.persona.namespace, content=content, kind="episodic",
                 key=f"turn:{spec.turn_id}", source=f"agent:{spec.persona.name}",
                 trace_id=spec.trace_id, tags=["turn"],
-                metadata={"turn_id": spec.turn_id, "session_id": spec.session_id})],
+                metadata={"turn_id": spec.turn_id, "session_id": spec.session_id,
+                          "verdict": verdict})],
                 max_bytes=self.settings.max_content_bytes)
         except BaseException:
             await refund(self.db, scope, cost, minute)
@@ -510,8 +522,9 @@ def _answer_messages(persona: PersonaLike, text: str, evidence: list[dict[str, A
     context = ""
     if evidence:
         context += f"Known facts:\n{_facts(evidence)}\n"
-    for r in results:
-        context += f"Result of {r['tool']}: {tool_text(r['result'], RESULT_CHARS)}\n"
+    for r in results:  # a failed call's error text is for the client, not for the answer
+        if r["ok"]:
+            context += f"Result of {r['tool']}: {tool_text(r['result'], RESULT_CHARS)}\n"
     messages = [Message("system", persona.system_prompt)]
     for question, answer in past:
         messages += [Message("user", question), Message("assistant", answer)]

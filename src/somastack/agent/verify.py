@@ -27,7 +27,8 @@ STOP = frozenset("""the and for are but not you all any can had her was one our 
 him his how man new now old see two way who boy did its let put say she too use that with have
 this will your from they know want been good much some time very when come here just like long
 make many more only over such take than them well were what which their there would about could
-other these into also after then most being where does each those while should because""".split())
+other these into also after then most being where does each those while should because
+answer answers result results output based according information question tool""".split())
 SUPPORTED, PARTIAL = 0.6, 0.3
 
 

@@ -54,7 +54,8 @@ def _show(event: dict[str, Any], state: dict[str, Any]) -> None:
     """Print one event for a person reading along."""
     kind, data = event["type"], event["data"]
     if kind == "recall" and data["ids"]:
-        err.print(f"[dim]recalled {len(data['ids'])} memories[/dim]")
+        n = len(data["ids"])
+        err.print(f"[dim]recalled {n} {'memory' if n == 1 else 'memories'}[/dim]")
     elif kind == "plan" and data["steps"]:
         err.print(f"[dim]plan: {' → '.join(s['tool'] for s in data['steps'])}[/dim]")
     elif kind == "tool.call":
@@ -70,7 +71,8 @@ def _show(event: dict[str, Any], state: dict[str, Any]) -> None:
         console.print(escape(data["delta"]), end="", soft_wrap=True)
     elif kind == "answer" and data.get("final"):
         console.print()
-        cites = ", ".join(f"{c['kind']}:{c['id'][:8]}" for c in data["citations"]) or "none"
+        cites = ", ".join(f"{c['kind']}:{c['id'] if c['kind'] == 'tool' else c['id'][:8]}"
+                          for c in data["citations"]) or "none"
         err.print(f"[dim]verify: {data['verdict']} · citations: {cites}[/dim]")
     elif kind == "remember" and data["ids"]:
         err.print(f"[dim]remembered {', '.join(i[:8] for i in data['ids'])}[/dim]")

@@ -131,6 +131,9 @@ class LocalProvider:
             "temperature": request.temperature,
             "seed": self._settings.llm_seed if request.seed is None else request.seed,
             "stream": stream,
+            # reusing the KV cache of the previous prompt changes the logits slightly, so the
+            # same request could answer differently depending on what ran before it
+            "cache_prompt": False,
         }
         if request.stop:
             payload["stop"] = request.stop
