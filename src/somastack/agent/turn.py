@@ -415,12 +415,17 @@ class Runtime:
         content = f"Q: {spec.text}\nA: {answer}"[: self.settings.max_content_bytes // 4]
         size = len(content.encode())
         cost = self.prices.charge(storage_bytes=size)
-        minute = await charge(self.db, scope, cost)  # exact before it runs: one transaction
+        vector = asyncio.create_task(self.embedder.embed([content]))  # while the ledger charges
+        try:
+            minute = await charge(self.db, scope, cost)  # exact before it runs: one transaction
+        finally:
+            embedding = (await vector)[0]
         try:
             (written,) = await remember(self.db, self.embedder, spec.tenant, [MemoryDraft(
                 namespace=spec.persona.namespace, content=content, kind="episodic",
                 key=f"turn:{spec.turn_id}", source=f"agent:{spec.persona.name}",
-                trace_id=spec.trace_id, tags=["turn"],
+                trace_id=spec.trace_id, tags=["turn"], embedding=[float(x) for x in embedding],
+                embedder=self.embedder.id,
                 metadata={"turn_id": spec.turn_id, "session_id": spec.session_id,
                           "verdict": verdict})],
                 max_bytes=self.settings.max_content_bytes)
