@@ -11,6 +11,7 @@ token per delta it produced.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
@@ -45,6 +46,7 @@ class MeteredLLM:
         self.scope = scope
         members = getattr(provider, "providers", [provider])
         self._names = [p.name for p in members]
+        self.provider_ms = 0.0  # time spent in the provider itself (the ledger's work excluded)
 
     async def _reserve(self, request: ChatRequest) -> Reservation:
         tokens = prompt_token_bound(request) + request.max_tokens
@@ -57,23 +59,29 @@ class MeteredLLM:
 
     async def complete(self, request: ChatRequest) -> Completion:
         hold = await self._reserve(request)
+        started = time.perf_counter()
         try:
             completion = await self.provider.complete(request)
         except ModelOutputInvalid as exc:
+            self.provider_ms += (time.perf_counter() - started) * 1000
             await self._settle(hold, exc.usage_tokens, self._names[0])
             raise
         except BaseException:
+            self.provider_ms += (time.perf_counter() - started) * 1000
             await release(self.db, hold)
             raise
+        self.provider_ms += (time.perf_counter() - started) * 1000
         await self._settle(hold, completion.usage.total_tokens, completion.provider)
         return completion
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamChunk, None]:
         hold = await self._reserve(request)
         deltas, settled = 0, False
+        started = time.perf_counter()
         try:
             async with aclosing(self.provider.stream(request)) as chunks:
                 async for chunk in chunks:
+                    self.provider_ms += (time.perf_counter() - started) * 1000
                     if chunk.completion is not None:
                         c = chunk.completion
                         await self._settle(hold, c.usage.total_tokens, c.provider)
@@ -81,6 +89,7 @@ class MeteredLLM:
                     else:
                         deltas += 1
                     yield chunk
+                    started = time.perf_counter()  # the consumer's time is not the model's
         except ModelOutputInvalid as exc:
             if not settled:
                 await self._settle(hold, exc.usage_tokens, self._names[0])

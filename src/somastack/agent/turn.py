@@ -304,12 +304,12 @@ class Runtime:
         tally.lap("tools")
         # 4. answer (streamed), 5. verify, then the final answer
         parts: list[str] = []
-        started = time.perf_counter()
         final: Completion | None = None
         request = ChatRequest(messages=_answer_messages(persona, spec.text, evidence, results, past),
                               max_tokens=self._cap(spec, self.settings.llm_max_tokens))
         # until the stream ends, count what the ledger would charge an abandoned stream
         tally.streaming = prompt_token_bound(request)
+        before = llm.provider_ms
         try:
             async with aclosing(llm.stream(request)) as chunks:
                 async for chunk in chunks:
@@ -320,7 +320,7 @@ class Runtime:
                         tally.streaming += 1
                         yield log.add("answer", {"delta": chunk.delta})
         finally:
-            tally.model_ms += (time.perf_counter() - started) * 1000
+            tally.model_ms += llm.provider_ms - before
         assert final is not None
         tally.streaming = 0
         tally.count(final, 0.0)
@@ -352,17 +352,17 @@ class Runtime:
         return min(tokens, self.settings.llm_max_tokens, spec.max_tokens or tokens)
 
     async def _model(self, llm: MeteredLLM, tally: _Tally, request: ChatRequest) -> Completion:
-        started = time.perf_counter()
+        before = llm.provider_ms  # the model's own time; the ledger's holds are overhead
         try:
             completion = await llm.complete(request)
         except ModelOutputInvalid as exc:  # it ran and was charged: count its time and tokens
-            tally.model_ms += (time.perf_counter() - started) * 1000
+            tally.model_ms += llm.provider_ms - before
             tally.completion_tokens += exc.usage_tokens
             raise
         except BaseException:
-            tally.model_ms += (time.perf_counter() - started) * 1000
+            tally.model_ms += llm.provider_ms - before
             raise
-        tally.count(completion, (time.perf_counter() - started) * 1000)
+        tally.count(completion, llm.provider_ms - before)
         return completion
 
     async def _tool(self, broker: ToolBroker, ctx: ToolContext, spec: TurnSpec, tool: ToolDef,

@@ -11,8 +11,8 @@ is settled never exceeds what was reserved; an overrun is still recorded as spen
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
