@@ -121,47 +121,86 @@ def _negated(amounts: Amounts) -> tuple[int | Decimal, ...]:
     return tuple(-v for v in amounts.values())
 
 
+# The budget rows of the scopes, locked in scope order (concurrent holds cannot deadlock).
+_LOCKED = ("locked AS (SELECT * FROM budgets WHERE tenant_id = %(tenant)s "
+           "AND scope = ANY({scopes}) ORDER BY scope FOR UPDATE)")
+_FITS = " AND ".join(f"(limit_{d} IS NULL OR %(n_{d})s <= 0 OR "
+                     f"spent_{d} + reserved_{d} + %(n_{d})s <= limit_{d})" for d in DIMENSIONS)
+_SHIFT = ", ".join([f"reserved_{d} = b.reserved_{d} + %(r_{d})s" for d in DIMENSIONS]
+                   + [f"spent_{d} = b.spent_{d} + %(s_{d})s" for d in DIMENSIONS])
+_RECORD = (f"INSERT INTO usage_ledger (tenant_id, agent, session, ts_minute, {_COLS}) "
+           "SELECT %(tenant)s, %(agent)s, %(session)s, date_trunc('minute', now()), "
+           + ", ".join(f"%(s_{d})s" for d in DIMENSIONS) + " WHERE {guard} "
+           "ON CONFLICT (tenant_id, agent, session, ts_minute) DO UPDATE SET "
+           + ", ".join(f"{d} = usage_ledger.{d} + EXCLUDED.{d}" for d in DIMENSIONS))
+
+
+def _params(scope: Scope, *, need: Amounts = Amounts(), reserved: Sequence[int | Decimal] = (),
+            spent: Sequence[int | Decimal] = ()) -> dict[str, Any]:
+    zeros = Amounts().values()
+    p: dict[str, Any] = {"tenant": scope.tenant, "agent": scope.agent, "session": scope.session,
+                         "scopes": scope.budget_scopes()}
+    for d, n, r, sp in zip(DIMENSIONS, need.values(), reserved or zeros, spent or zeros,
+                           strict=True):
+        p[f"n_{d}"], p[f"r_{d}"], p[f"s_{d}"] = n, r, sp
+    return p
+
+
 async def reserve(db: Database, scope: Scope, need: Amounts) -> Reservation:
-    """Hold `need` against every budget of the scope, or raise BudgetExhausted holding nothing."""
-    scopes = scope.budget_scopes()
+    """Hold `need` against every budget of the scope, or raise BudgetExhausted holding nothing.
+
+    One statement: lock the rows, check every limit, and only if all fit add the hold and
+    record the reservation.
+    """
     rid = uuid.uuid4()
+    params = {**_params(scope, need=need, reserved=need.values()), "id": rid}
+    sql = (f"WITH {_LOCKED.format(scopes='%(scopes)s')}, "
+           f"refused AS (SELECT scope FROM locked WHERE NOT ({_FITS})), "
+           f"held AS (UPDATE budgets u SET {_SHIFT}, updated_at = now() FROM locked b "
+           "WHERE u.tenant_id = b.tenant_id AND u.scope = b.scope "
+           "AND NOT EXISTS (SELECT 1 FROM refused) RETURNING u.scope), "
+           f"opened AS (INSERT INTO budget_reservations (id, tenant_id, agent, session, scopes, "
+           f"{_COLS}) SELECT %(id)s, %(tenant)s, %(agent)s, %(session)s, %(scopes)s, "
+           + ", ".join(f"%(n_{d})s" for d in DIMENSIONS)
+           + " WHERE NOT EXISTS (SELECT 1 FROM refused) RETURNING id) "
+           "SELECT (SELECT count(*) FROM refused) AS refused")
     async with db.tenant(scope.tenant) as conn:
-        await _lock_covering(conn, scope.tenant, scopes, need)
-        await _shift(conn, scope.tenant, scopes, need.values(), Amounts().values())
-        await conn.execute(
-            f"INSERT INTO budget_reservations (id, tenant_id, agent, session, scopes, {_COLS}) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (rid, scope.tenant, scope.agent, scope.session, scopes, *need.values()))
+        (row,) = await fetch_rows(conn, sql, params)
+        if row["refused"]:  # nothing was held; say which budget and dimension refused
+            await _lock_covering(conn, scope.tenant, scope.budget_scopes(), need)
+            raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
     return Reservation(rid, scope, need)
 
 
-async def _close(conn: psycopg.AsyncConnection, reservation: Reservation) -> list[str]:
-    """Delete the open reservation and lock its budgets; Conflict if it was already closed."""
-    rows = await fetch_rows(
-        conn, "DELETE FROM budget_reservations WHERE id = %s AND tenant_id = %s RETURNING scopes",
-        (reservation.id, reservation.scope.tenant))
-    if not rows:
+async def _close(db: Database, reservation: Reservation, actual: Amounts | None) -> None:
+    """Delete the open reservation, give its hold back and (settling) spend and record `actual`;
+    one statement. Conflict if the reservation was already closed."""
+    s, spent = reservation.scope, actual.values() if actual is not None else ()
+    params = {**_params(s, reserved=_negated(reservation.amounts), spent=spent),
+              "id": reservation.id}
+    record = actual is not None and any(actual.values())
+    sql = ("WITH closed AS (DELETE FROM budget_reservations WHERE id = %(id)s "
+           "AND tenant_id = %(tenant)s RETURNING scopes), "
+           f"{_LOCKED.format(scopes='(SELECT scopes FROM closed)::text[]')}, "
+           f"shifted AS (UPDATE budgets u SET {_SHIFT}, updated_at = now() FROM locked b "
+           "WHERE u.tenant_id = b.tenant_id AND u.scope = b.scope RETURNING u.scope)"
+           + (f", recorded AS ({_RECORD.format(guard='EXISTS (SELECT 1 FROM closed)')})"
+              if record else "")
+           + " SELECT (SELECT count(*) FROM closed) AS closed")
+    async with db.tenant(s.tenant) as conn:
+        (row,) = await fetch_rows(conn, sql, params)
+    if not row["closed"]:
         raise Conflict("reservation already settled, released or expired", field="reservation")
-    scopes = list(rows[0]["scopes"])
-    await _locked_budgets(conn, reservation.scope.tenant, scopes)
-    return scopes
 
 
 async def settle(db: Database, reservation: Reservation, actual: Amounts) -> None:
     """Replace the hold by the actual usage: budgets' spent and the ledger's minute row."""
-    s = reservation.scope
-    async with db.tenant(s.tenant) as conn:
-        scopes = await _close(conn, reservation)
-        await _shift(conn, s.tenant, scopes, _negated(reservation.amounts), actual.values())
-        await record(conn, s, actual)
+    await _close(db, reservation, actual)
 
 
 async def release(db: Database, reservation: Reservation) -> None:
     """Give the hold back unused (the step did not run); nothing reaches the ledger."""
-    async with db.tenant(reservation.scope.tenant) as conn:
-        scopes = await _close(conn, reservation)
-        await _shift(conn, reservation.scope.tenant, scopes, _negated(reservation.amounts),
-                     Amounts().values())
+    await _close(db, reservation, None)
 
 
 async def charge(db: Database, scope: Scope, actual: Amounts) -> datetime:
