@@ -121,7 +121,7 @@ def _decision(value: Any) -> Decision:
 
 async def authorize(db: Database, pool: RegoPool, constitution: Active, req: Request) -> Decision:
     """Evaluate the base policy plus the tenant's override, then audit the decision."""
-    async with db.system() as conn:
+    async with db.pool.connection() as conn:  # one read: no transaction, one round trip
         override = await get_override(conn, req.subject.tenant_id)
     modules = base_modules()
     if override is not None:
