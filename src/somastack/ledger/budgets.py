@@ -204,16 +204,24 @@ async def release(db: Database, reservation: Reservation) -> None:
 
 
 async def charge(db: Database, scope: Scope, actual: Amounts) -> datetime:
-    """Spend a known amount now (one transaction): BudgetExhausted, spending nothing, if any
+    """Spend a known amount now (one statement): BudgetExhausted, spending nothing, if any
     budget of the scope cannot cover it. For steps whose cost is exact before they run.
     Returns the ledger minute it was recorded in (for `refund`)."""
-    scopes = scope.budget_scopes()
+    params = _params(scope, need=actual, spent=actual.values())
+    sql = (f"WITH {_LOCKED.format(scopes='%(scopes)s')}, "
+           f"refused AS (SELECT scope FROM locked WHERE NOT ({_FITS})), "
+           f"spent AS (UPDATE budgets u SET {_SHIFT}, updated_at = now() FROM locked b "
+           "WHERE u.tenant_id = b.tenant_id AND u.scope = b.scope "
+           "AND NOT EXISTS (SELECT 1 FROM refused) RETURNING u.scope), "
+           f"recorded AS ({_RECORD.format(guard='NOT EXISTS (SELECT 1 FROM refused)')}) "
+           "SELECT (SELECT count(*) FROM refused) AS refused, "
+           "date_trunc('minute', now()) AS minute")
     async with db.tenant(scope.tenant) as conn:
-        await _lock_covering(conn, scope.tenant, scopes, actual)
-        await _shift(conn, scope.tenant, scopes, Amounts().values(), actual.values())
-        await record(conn, scope, actual)
-        rows = await fetch_rows(conn, "SELECT date_trunc('minute', now()) AS minute", ())
-    return rows[0]["minute"]  # type: ignore[no-any-return]
+        (row,) = await fetch_rows(conn, sql, params)
+        if row["refused"]:
+            await _lock_covering(conn, scope.tenant, scope.budget_scopes(), actual)
+            raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
+    return row["minute"]  # type: ignore[no-any-return]
 
 
 async def refund(db: Database, scope: Scope, amounts: Amounts, minute: datetime) -> None:
