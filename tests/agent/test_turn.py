@@ -176,22 +176,27 @@ def test_budget_exhausted_stops_the_turn_cleanly(agent: Agent, db: psycopg.Conne
     assert spent is not None and spent[0] <= 40 and spent[1] == 0  # never over-spent
 
 
-def test_client_disconnect_cancels_and_records_a_partial_turn(agent: Agent) -> None:
-    session = agent.session(tools=[], memory="read")
+def hang_up(agent: Agent, session: dict[str, Any], text: str, after_deltas: int) -> dict[str, Any]:
+    """Start a turn, close the connection after `after_deltas` answer deltas; the stored turn."""
     with httpx.Client(base_url=agent.server, timeout=60) as http, http.stream(
-            "POST", "/v1/turn", json={"session_id": session["jti"],
-                                      "inputs": {"text": "Tell a very long story about a fox."}},
+            "POST", "/v1/turn", json={"session_id": session["jti"], "inputs": {"text": text}},
             headers={"Authorization": f"Bearer {session['jwt']}"}) as resp:
         turn_id = resp.headers["x-turn-id"]
+        deltas = 0
         for line in resp.iter_lines():
-            if line.startswith("event: answer"):
-                break  # the first answer delta: hang up mid-answer
+            deltas += line.startswith("event: answer")
+            if deltas == after_deltas:
+                break
     deadline = time.monotonic() + 30
-    while True:
-        turn = agent.admin.request("GET", f"/v1/turns/{turn_id}")
-        if turn["status"] != "running" or time.monotonic() > deadline:
-            break
+    while (turn := agent.admin.request("GET", f"/v1/turns/{turn_id}"))["status"] == "running":
+        assert time.monotonic() < deadline, "the turn kept running after the client left"
         time.sleep(0.1)
+    return turn  # type: ignore[no-any-return]
+
+
+def test_client_disconnect_cancels_and_records_a_partial_turn(agent: Agent) -> None:
+    session = agent.session(tools=[], memory="read")
+    turn = hang_up(agent, session, "Tell a very long story about a fox.", after_deltas=1)
     assert turn["status"] == "cancelled"
     kinds = [e["type"] for e in turn["events"]]
     assert kinds[:2] == ["recall", "plan"] and kinds[-2:] == ["error", "usage"]
@@ -203,20 +208,8 @@ def test_client_disconnect_cancels_and_records_a_partial_turn(agent: Agent) -> N
 def test_a_cancelled_turn_reports_what_the_ledger_charged(agent: Agent, db: psycopg.Connection
                                                           ) -> None:
     session = agent.session(tools=[], memory="read")
-    with httpx.Client(base_url=agent.server, timeout=60) as http, http.stream(
-            "POST", "/v1/turn", json={"session_id": session["jti"],
-                                      "inputs": {"text": "Tell a very long story about a cat."}},
-            headers={"Authorization": f"Bearer {session['jwt']}"}) as resp:
-        turn_id = resp.headers["x-turn-id"]
-        deltas = 0
-        for line in resp.iter_lines():
-            deltas += line.startswith("event: answer")
-            if deltas == 5:
-                break
-    deadline = time.monotonic() + 30
-    while (turn := agent.admin.request("GET", f"/v1/turns/{turn_id}"))["status"] == "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    turn = hang_up(agent, session, "Tell a very long story about a cat.", after_deltas=5)
+    assert turn["status"] == "cancelled"
     _ledger_consistent(db, agent.tenant, session["jti"], turn["events"][-1]["data"])
 
 
