@@ -191,6 +191,9 @@ class Runtime:
         self._registries: dict[tuple[str, tuple[str, ...]], ToolRegistry] = {}
         self.personas: dict[tuple[str, str], Any] = {}  # (tenant, hash) → persona (immutable)
 
+    def has_chain(self, providers: list[str]) -> bool:
+        return tuple(providers) in self._chains
+
     def chain(self, providers: list[str]) -> FallbackChain:
         key = tuple(providers)
         if key not in self._chains:

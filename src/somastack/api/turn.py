@@ -221,7 +221,8 @@ async def run_turn(
     except SomaError as exc:
         raise await refuse(s.db, exc, actor=who.actor, tenant_id=who.tenant_id, action="turn.run",
                            resource=f"session:{body.session_id}", trace_id=trace) from None
-    await asyncio.to_thread(rt.chain, persona.providers)  # loads a local model off the loop
+    if not rt.has_chain(persona.providers):
+        await asyncio.to_thread(rt.chain, persona.providers)  # loads a local model off the loop
     fresh = Turn(tenant=who.tenant_id, id=f"turn_{uuid.uuid4().hex[:20]}",
                  session_id=body.session_id, persona_hash=persona.hash, status="running",
                  inputs=body.inputs.model_dump(), trace_id=trace,
