@@ -130,23 +130,25 @@ class _Tally:
     storage_bytes: int = 0
     egress_bytes: int = 0
     model_ms: float = 0.0
+    embed_ms: float = 0.0  # the embedding model's time on the turn's critical path
     tools_ms: float = 0.0
     streaming: int = 0  # tokens charged so far by an answer stream that has not ended
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    _lap: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    _lap: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
-        self._lap = (self.started, 0.0, 0.0)
+        self._lap = (self.started, 0.0, 0.0, 0.0)
 
     def lap(self, stage: str) -> None:
         """Close a stage: its wall time since the previous lap, and the model and tool time in it."""
         now = time.perf_counter()
-        last, model, tools = self._lap
+        last, model, embed, tools = self._lap
         self.stages[stage] = {"wall": round((now - last) * 1000, 3),
                               "model": round(self.model_ms - model, 3),
+                              "embed": round(self.embed_ms - embed, 3),
                               "tools": round(self.tools_ms - tools, 3)}
-        self._lap = (now, self.model_ms, self.tools_ms)
+        self._lap = (now, self.model_ms, self.embed_ms, self.tools_ms)
 
     def count(self, c: Completion, ms: float) -> None:
         self.prompt_tokens += c.usage.prompt_tokens
@@ -168,8 +170,9 @@ class _Tally:
             "storage_bytes": self.storage_bytes, "egress_bytes": self.egress_bytes,
             "cost_cents": str(cost.quantize(Decimal("0.000001"))),
             "timings_ms": {"total": round(total, 3), "model": round(self.model_ms, 3),
-                           "tools": round(self.tools_ms, 3),
-                           "overhead": round(total - self.model_ms - self.tools_ms, 3)},
+                           "embed": round(self.embed_ms, 3), "tools": round(self.tools_ms, 3),
+                           "overhead": round(total - self.model_ms - self.embed_ms
+                                             - self.tools_ms, 3)},
             "stages_ms": self.stages,
         }
 
@@ -238,6 +241,7 @@ class Runtime:
                     spec.text, namespace=persona.namespace, top_k=5, include_scores=False))
                 evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
                              "score": round(float(e.score), 4)} for e in found.evidence]
+                tally.embed_ms += found.timings_ms.get("wait", 0.0)  # the query embedding
         finally:
             past = await past_task
         yield log.add("recall", {"namespace": persona.namespace,
@@ -422,7 +426,9 @@ class Runtime:
         try:
             minute = await charge(self.db, scope, cost)  # exact before it runs: one transaction
         finally:
+            waited = time.perf_counter()
             embedding = (await vector)[0]
+            tally.embed_ms += (time.perf_counter() - waited) * 1000
         try:
             (written,) = await remember(self.db, self.embedder, spec.tenant, [MemoryDraft(
                 namespace=spec.persona.namespace, content=content, kind="episodic",
