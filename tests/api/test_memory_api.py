@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 import pytest
+from tests.conftest import tenant_rows
 
 from somastack import Client, SomaAPIError
-from tests.conftest import tenant_rows
+from somastack.api.memory_schemas import MemoryOut, RecallOut
 
 
 def test_remember_get_roundtrip(client: Client) -> None:
@@ -171,3 +173,33 @@ def test_recall_filters(client: Client) -> None:
     assert contents(time_from="2024-01-01T00:00:00Z", time_to="2024-05-31T00:00:00Z") == {
         "Tea with Ada in May"}
     assert len(client.recall("tea")["evidence"]) == 3  # no namespace: every namespace
+
+
+def test_recall_answer_is_exactly_recall_out(client: Client) -> None:
+    """Recall serialises its result directly (no re-validation): it must still be RecallOut."""
+    client.remember_batch([
+        {"content": "Ada flew to Lisbon for the conference", "metadata": {"speaker": "Ada", "n": 1.5},
+         "tags": ["trip"], "importance": 0.7, "event_time": "2024-05-01T10:00:00Z",
+         "source": "chat", "trace_id": "t-1", "key": "lisbon"},
+        {"content": "Bruno stayed home and baked bread", "ttl_s": 3600},
+    ], namespace="shape")
+    resp = client.http.post("/v1/memory/recall", json={"query": "who went to Lisbon?",
+                                                        "namespace": "shape"})
+    body = resp.json()
+    assert resp.headers["content-type"] == "application/json" and len(body["evidence"]) == 2
+    assert RecallOut.model_validate(body).model_dump(mode="json") == body
+    assert set(body["evidence"][0]["memory"]) == set(MemoryOut.model_fields) - {"embedding"}
+
+
+def test_recall_in_a_large_namespace_scores_a_bounded_lexical_list(client: Client) -> None:
+    """Past 2,000 memories a term every memory holds is matched, but only 500 are scored."""
+    rng = np.random.default_rng(7)
+    vecs = rng.normal(size=(2100, 384))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    for start in range(0, 2100, 700):
+        client.remember_batch([{"content": f"shared words, item {i}", "embedding": vecs[i].tolist(),
+                                "embedder": "all-MiniLM-L6-v2-onnx-int8"}
+                               for i in range(start, start + 700)], namespace="large")
+    hits = client.recall("shared words", namespace="large", top_k=20)["evidence"]
+    assert len(hits) == 20
+    assert any(h["provenance"]["lexical_rank"] is not None for h in hits)

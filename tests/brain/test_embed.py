@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from somastack.brain.embed import MiniLMEmbedder, l2_normalise, mean_pool
+from somastack.brain.embed import (
+    AsyncEmbedder,
+    MiniLMEmbedder,
+    OpenAIEmbedder,
+    l2_normalise,
+    mean_pool,
+)
 
 EMB = MiniLMEmbedder()
 
@@ -46,3 +55,64 @@ def test_mean_pool_ignores_padding(batch: int, seq: int, data: st.DataObject) ->
     pooled = mean_pool(hidden, mask)
     for i, n in enumerate(lengths):
         np.testing.assert_allclose(pooled[i], hidden[i, :n].mean(axis=0), rtol=1e-4, atol=1e-4)
+
+
+class CountedRuns:
+    """The real model, counting its runs."""
+
+    def __init__(self, inner: MiniLMEmbedder) -> None:
+        self.inner, self.id, self.dims, self.runs = inner, inner.id, inner.dims, 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.runs += 1
+        return self.inner.embed(texts)
+
+
+def test_concurrent_small_requests_share_runs_and_keep_their_own_vectors() -> None:
+    texts = [f"memory number {i} about {w}" for i, w in enumerate("tea cats rain jazz bread".split())]
+    model = CountedRuns(EMB)
+
+    async def embed_all() -> list[np.ndarray]:
+        emb = AsyncEmbedder(model)
+        try:
+            return list(await asyncio.gather(*(emb.embed([t]) for t in texts),
+                                              emb.embed(texts[:2])))
+        finally:
+            emb.close()
+
+    *singles, pair = asyncio.run(embed_all())
+    assert model.runs == 2  # the first request ran alone; the five that queued behind it, together
+    alone = EMB.embed(texts)
+    for got, want in zip(singles, alone, strict=True):
+        assert got.shape == (1, 384)
+        np.testing.assert_allclose(got[0], want, atol=1e-5)
+    np.testing.assert_allclose(pair, alone[:2], atol=1e-5)
+
+
+def test_a_failed_run_fails_every_request_in_it() -> None:
+    closed = OpenAIEmbedder("http://127.0.0.1:9/v1", "m", None, 8)  # nothing listens on port 9
+
+    async def embed_all() -> list[object]:
+        emb = AsyncEmbedder(closed)
+        try:
+            return await asyncio.gather(*(emb.embed([t]) for t in "abc"), return_exceptions=True)
+        finally:
+            emb.close()
+
+    assert all(isinstance(r, httpx.ConnectError) for r in asyncio.run(embed_all()))
+
+
+def test_a_large_request_is_split_over_the_workers_in_order() -> None:
+    texts = [("word " * (i % 7)) + f"text {i}" for i in range(40)]
+    model = CountedRuns(EMB)
+
+    async def embed() -> np.ndarray:
+        emb = AsyncEmbedder(model, workers=2)
+        try:
+            return await emb.embed(texts)
+        finally:
+            emb.close()
+
+    got = asyncio.run(embed())
+    assert model.runs == 2 and got.shape == (40, 384)
+    np.testing.assert_allclose(got, EMB.embed(texts), atol=1e-5)

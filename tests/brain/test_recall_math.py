@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from somastack.brain.candidates import bm25_idf, plan_terms
+from somastack.brain.candidates import Candidates, bm25_idf, plan_terms
+from somastack.brain.recall import session_feature
 
 terms = st.lists(st.tuples(st.text("abcdefgh", min_size=1, max_size=5), st.integers(0, 10_000)),
                  max_size=12, unique_by=lambda t: t[0])
@@ -28,6 +29,7 @@ def test_plan_keeps_rarest_terms_within_the_budget(t: list[tuple[str, int]], cap
     present = sorted(d for _, d in t if d > 0)
     assert all(d > 0 for d in chosen) and chosen == sorted(chosen)
     assert len(plan.idf) == len(plan.lexemes) and plan.avgdl == 10.0
+    assert plan.max_scored == cap  # a large namespace: the budget also caps what is scored
     if not present:
         assert plan.lexemes == [] and plan.tsquery == ""
     elif plan.pairs:  # the rarest term alone was over budget: pairs within the expected budget
@@ -42,7 +44,7 @@ def test_plan_keeps_rarest_terms_within_the_budget(t: list[tuple[str, int]], cap
 
 def test_small_namespaces_match_every_term() -> None:
     plan = plan_terms([("a", 900), ("b", 800)], docs=1000, total_len=10_000, max_postings=10)
-    assert sorted(plan.lexemes) == ["a", "b"] and not plan.pairs
+    assert sorted(plan.lexemes) == ["a", "b"] and not plan.pairs and plan.max_scored is None
 
 
 def test_tsquery_quotes_lexemes() -> None:
@@ -56,3 +58,17 @@ def test_over_budget_the_cheapest_pairs_must_co_occur() -> None:
     assert plan.pairs == [("ada", "weekend"), ("ada", "berg")]
     assert plan.tsquery == "('ada' & 'weekend') | ('ada' & 'berg')"
     assert plan.lexemes == ["ada", "weekend", "berg"]
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(-10, 10)), min_size=1, max_size=40))
+def test_session_term_is_the_mean_of_the_episodes_three_best(memories: list[tuple[int, float]]
+                                                              ) -> None:
+    rows = [{"session_key": str(s), "event_time": None, "id": i}
+            for i, (s, _) in enumerate(memories)]
+    scores = np.array([x for _, x in memories])
+    c = Candidates(rows, np.zeros((len(rows), 2)), np.zeros((len(rows), 2)), np.zeros(len(rows)),
+                   np.zeros(2), [])
+    got = session_feature(c, {"_score": scores})
+    for i, (s, _) in enumerate(memories):
+        best = sorted(x for t, x in memories if t == s)[-3:]
+        assert abs(got[i] - sum(best) / len(best)) < 1e-9

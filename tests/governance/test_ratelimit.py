@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import time
 import uuid
+from collections import deque
 
 import httpx
 import psycopg
@@ -12,7 +15,15 @@ import pytest
 from tests.governance.conftest import audit_rows
 
 from somastack import Client
-from somastack.governance.ratelimit import Limit, PostgresRateLimiter, RedisRateLimiter, limit_for
+from somastack.governance.ratelimit import (
+    Limit,
+    LocalRateLimiter,
+    PostgresRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    build,
+    limit_for,
+)
 from somastack.store import Database
 
 REDIS_URL = os.environ.get("SOMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -26,7 +37,7 @@ def test_limit_for_reads_tenant_limits() -> None:
     assert limit_for(limits, "GET /v1/y", default) == Limit(5, 10)
 
 
-async def exercise(limiter: PostgresRateLimiter | RedisRateLimiter) -> None:
+async def exercise(limiter: RateLimiter) -> None:
     bucket, limit = f"t|{uuid.uuid4().hex}", Limit(3, 2)
     assert [await limiter.hit(bucket, limit) for _ in range(3)] == [None, None, None]
     wait = await limiter.hit(bucket, limit)
@@ -39,6 +50,31 @@ async def exercise(limiter: PostgresRateLimiter | RedisRateLimiter) -> None:
 @pytest.mark.asyncio
 async def test_postgres_sliding_window(fresh_db: Database) -> None:
     await exercise(PostgresRateLimiter(fresh_db))
+
+
+@pytest.mark.asyncio
+async def test_in_process_sliding_window() -> None:
+    await exercise(LocalRateLimiter())
+
+
+@pytest.mark.asyncio
+async def test_in_process_wait_counts_from_the_hit_that_must_leave() -> None:
+    limiter, limit = LocalRateLimiter(), Limit(2, 3)
+    assert await limiter.hit("b", limit) is None
+    await asyncio.sleep(1.1)
+    assert await limiter.hit("b", limit) is None
+    assert await limiter.hit("b", limit) == 2  # the first hit leaves the window in ~1.9 s
+    assert await limiter.hit("b", Limit(1, 3)) == 3  # a lower limit: the newest must leave (~3 s)
+
+
+@pytest.mark.asyncio
+async def test_the_store_follows_the_deployment(fresh_db: Database) -> None:
+    """Redis when configured; in process only for the sole server of an embedded database."""
+    assert isinstance(build(fresh_db, None), PostgresRateLimiter)  # external: other replicas may exist
+    assert isinstance(build(dataclasses.replace(fresh_db, embedded=True), None), LocalRateLimiter)
+    redis_limiter = build(fresh_db, REDIS_URL)
+    assert isinstance(redis_limiter, RedisRateLimiter)
+    await redis_limiter.close()
 
 
 @pytest.mark.asyncio
@@ -57,9 +93,10 @@ async def test_redis_sliding_window() -> None:
 
 @pytest.mark.asyncio
 async def test_concurrent_hits_never_exceed_the_limit(fresh_db: Database) -> None:
-    limiter, bucket = PostgresRateLimiter(fresh_db), f"c|{uuid.uuid4().hex}"
-    results = await asyncio.gather(*(limiter.hit(bucket, Limit(5, 60)) for _ in range(12)))
-    assert sum(r is None for r in results) == 5
+    for limiter in (PostgresRateLimiter(fresh_db), LocalRateLimiter()):
+        bucket = f"c|{uuid.uuid4().hex}"
+        results = await asyncio.gather(*(limiter.hit(bucket, Limit(5, 60)) for _ in range(12)))
+        assert sum(r is None for r in results) == 5
 
 
 def test_flood_over_the_limit_gets_429_with_retry_after(server: str, admin: Client,
@@ -93,3 +130,11 @@ async def test_purge_drops_hits_older_than_any_window(fresh_db: Database, fresh_
     assert await limiter.purge() == 1
     with psycopg.connect(fresh_url) as conn:
         assert conn.execute("SELECT bucket FROM rate_hits").fetchall() == [("recent",)]
+
+
+@pytest.mark.asyncio
+async def test_in_process_purge_forgets_idle_buckets() -> None:
+    limiter = LocalRateLimiter()
+    await limiter.hit("recent", Limit(10, 60))
+    limiter.hits["stale"] = deque([time.monotonic() - 2 * 24 * 3600])  # a hit two days old
+    assert await limiter.purge() == 1 and list(limiter.hits) == ["recent"]

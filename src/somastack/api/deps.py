@@ -44,7 +44,8 @@ class AppState:
     governance: Governance
 
 
-def state(request: Request) -> AppState:
+async def state(request: Request) -> AppState:
+    # async, like `tenant`: FastAPI runs a plain `def` dependency on a worker thread per request
     return request.app.state.soma  # type: ignore[no-any-return]
 
 
@@ -140,7 +141,7 @@ async def caller(
     return who
 
 
-def tenant(who: Annotated[Principal, Security(caller)]) -> str:
+async def tenant(who: Annotated[Principal, Security(caller)]) -> str:
     """The caller's tenant: always the credential's, never a header or body."""
     return who.tenant_id
 

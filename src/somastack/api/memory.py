@@ -28,6 +28,7 @@ from somastack.api.memory_schemas import (
     RememberBatchIn,
     RememberIn,
     WrittenOut,
+    recall_json,
 )
 from somastack.brain import memory, recall
 from somastack.errors import InvalidInput
@@ -57,13 +58,12 @@ async def remember_batch(body: RememberBatchIn, s: State, tenant: Tenant) -> Any
 
 
 @router.post("/recall", response_model=RecallOut)
-async def recall_memories(body: RecallIn, s: State, tenant: Tenant) -> Any:
+async def recall_memories(body: RecallIn, s: State, tenant: Tenant) -> Response:
     """Rank memories for a query; each block carries its score breakdown and provenance."""
     result = await recall.recall(s.db, s.embedder, tenant, body.to_query(),
                                  candidates=s.settings.recall_candidates)
     s.metrics.recall.observe(result.timings_ms["total"] / 1000)
-    return {"evidence": result.evidence, "candidates": result.candidates,
-            "timings_ms": result.timings_ms}
+    return Response(recall_json(result), media_type="application/json")
 
 
 @router.get("", response_model=PageOut)

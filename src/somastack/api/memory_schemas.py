@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints
+from pydantic_core import to_json
 
 from somastack.brain.model import MemoryDraft, RecallFilters, RecallQuery
+from somastack.brain.recall import RecallResult
 
 
 def _utc(d: datetime) -> datetime:
@@ -134,6 +136,17 @@ class RecallOut(BaseModel):
     evidence: list[EvidenceOut]
     candidates: int
     timings_ms: dict[str, float]
+
+
+def recall_json(result: RecallResult) -> bytes:
+    """The RecallOut document of a recall, serialised straight from the result.
+
+    The rows come from recall's own query with exactly MemoryOut's columns: validating them into
+    the models again only costs time on the hottest route. tests/api/test_memory_api.py checks
+    that the answer is exactly RecallOut's own serialisation.
+    """
+    return to_json({"evidence": result.evidence, "candidates": result.candidates,
+                    "timings_ms": result.timings_ms})
 
 
 class PatchIn(Strict):

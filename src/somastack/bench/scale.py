@@ -19,7 +19,7 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector_async
 
-from somastack.bench import corpus
+from somastack.bench import corpus, wire
 from somastack.bench.server import served
 from somastack.bench.stats import percentiles_ms
 from somastack.brain.embed import MiniLMEmbedder
@@ -75,18 +75,28 @@ async def _fire(qs: list[str], concurrency: int, one: Callable[[int], Any], tick
 async def _recall_http(url: str, api_key: str, qs: list[str], top_k: int, concurrency: int,
                        tick: Tick) -> tuple[list[float], float, list[dict[str, float]]]:
     server_timings: list[dict[str, float]] = []
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60,
-                                 limits=limits) as http:
-        async def one(i: int) -> None:
-            resp = await http.post("/v1/memory/recall", json={"query": qs[i], "namespace": NAMESPACE,
-                                                             "top_k": top_k})
-            resp.raise_for_status()
-            server_timings.append(resp.json()["timings_ms"])
+    conns = [await wire.Connection.open(url, {"Authorization": f"Bearer {api_key}"})
+             for _ in range(concurrency)]
+    free: asyncio.Queue[wire.Connection] = asyncio.Queue()
+    for c in conns:
+        free.put_nowait(c)
 
+    async def one(i: int) -> None:
+        c = await free.get()
+        try:
+            answer = await c.post("/v1/memory/recall", {"query": qs[i], "namespace": NAMESPACE,
+                                                        "top_k": top_k})
+        finally:
+            free.put_nowait(c)
+        server_timings.append(answer["timings_ms"])
+
+    try:
         for q in qs[:20]:  # warm-up, not measured
-            await http.post("/v1/memory/recall", json={"query": q, "namespace": NAMESPACE})
+            await conns[0].post("/v1/memory/recall", {"query": q, "namespace": NAMESPACE})
         lat, wall = await _fire(qs, concurrency, one, tick)
+    finally:
+        for c in conns:
+            await c.close()
     return lat, wall, server_timings
 
 
@@ -148,6 +158,7 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
         "server_ms_median": {k: round(float(np.median([t[k] for t in server_timings])), 2)
                              for k in ("embed", "candidates", "score", "total")},
         "machine": {"cpus": os.cpu_count()},
-        "note": "recall_ms is end-to-end over HTTP (query embedding included); raw_pgvector_ms is "
-                "the ANN query alone on the same data and concurrency, embedding excluded",
+        "note": "recall_ms is end-to-end over HTTP (query embedding included), from clients on "
+                "the same machine (one keep-alive connection each, bench/wire.py); raw_pgvector_ms "
+                "is the ANN query alone on the same data and concurrency, embedding excluded",
     }

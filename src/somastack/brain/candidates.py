@@ -21,6 +21,14 @@ TENANT = "tenant_id = %(tenant)s AND tenant_id = current_setting('app.tenant_id'
 LEX_MAX_POSTINGS = 500  # about how many memories the lexical list may score (see plan_terms)
 SMALL_NAMESPACE = 2000  # namespaces up to this size are matched on every query term
 CONJUNCTIVE_TERMS = 4  # past the budget: pairs among this many rarest terms
+# What the features read of a candidate's metadata, so that only the evidence returned is parsed
+# (json.loads of every candidate's metadata was a tenth of recall's Python time): the episode
+# (metadata.session as canonical JSON, NULL when absent) and the speaker (when a string).
+FEATURE_COLUMNS = (
+    "m.metadata::text AS metadata_json, (m.metadata -> 'session')::text AS session_key, "
+    "CASE WHEN jsonb_typeof(m.metadata -> 'speaker') = 'string' "
+    "THEN m.metadata ->> 'speaker' END AS speaker"
+)
 
 
 @dataclass
@@ -31,6 +39,7 @@ class LexicalPlan:
     idf: list[float]
     avgdl: float
     pairs: list[tuple[str, str]] = field(default_factory=list)  # select: any of these pairs
+    max_scored: int | None = None  # score at most this many matching memories (None: all)
 
     @property
     def tsquery(self) -> str:
@@ -57,6 +66,12 @@ def plan_terms(terms: list[tuple[str, int]], docs: float, total_len: float,
     of the rarest terms instead: pairs are taken by their expected co-occurrence df_i·df_j/N
     (independence), cheapest first, within the budget. Common terms carry little information
     (low idf) and cost the most to score.
+
+    Past SMALL_NAMESPACE the budget is also enforced: at most max_postings matching memories are
+    scored (the first the index yields). Document frequencies cannot tell correlated terms
+    apart, so a plan can still match many more: the words of one phrase always co-occur, and
+    their pair matches as often as each word (2,700 memories instead of the ~100 expected at
+    100,000 memories), and a query whose only informative term is common matches thousands.
     """
     present = sorted((df, lex) for lex, df in terms if df > 0)
     n = max(docs, 1.0)
@@ -83,7 +98,8 @@ def plan_terms(terms: list[tuple[str, int]], docs: float, total_len: float,
     dfs = np.array([df for df, _ in chosen], dtype=np.float64)
     idf = bm25_idf(dfs, n) if chosen else dfs
     return LexicalPlan([lex for _, lex in chosen], [float(x) for x in idf],
-                       total_len / docs if docs else 1.0, pairs)
+                       total_len / docs if docs else 1.0, pairs,
+                       None if docs <= SMALL_NAMESPACE else max_postings)
 
 
 async def query_context(conn: psycopg.AsyncConnection, tenant: str, namespace: str | None,
@@ -144,9 +160,11 @@ def candidate_sql(dims: int, where: str, neighbours: bool) -> str:
     """ANN (memory vector, context vector), BM25, and chain neighbours, with their rows.
 
     BM25 over the planned terms: Σ_t idf(t)·tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl)), with
-    |d| the number of distinct lexemes of the memory.
+    |d| the number of distinct lexemes of the memory. Each matching memory sums, in a scalar
+    subquery, over the query's lexemes only (marked with weight A and filtered on it before
+    unnest): a third cheaper than unnesting all its lexemes and joining them to the query's.
     """
-    cols = ", ".join(f"m.{c.strip()}" for c in MEMORY_COLUMNS.split(","))
+    cols = ", ".join(f"m.{c.strip()}" for c in MEMORY_COLUMNS.split(",") if c.strip() != "metadata")
     link = ("SELECT {a} FROM memory_links l WHERE l.tenant_id = m.tenant_id AND l.{b} = m.id "
             f"AND l.rel = '{CHAIN}' LIMIT 1")
     nb = f"""
@@ -166,21 +184,23 @@ WITH dense AS MATERIALIZED (
   WHERE {where} AND vector_dims(m.context_embedding) = {dims}
   ORDER BY (m.context_embedding::vector({dims})) <=> %(qvec)s::vector({dims}) LIMIT %(n)s
 ), lex AS MATERIALIZED (
-  SELECT m.id, sum(w.idf * (cardinality(u.positions)::float8 * ({BM25_K1} + 1))
+  SELECT m.id, (
+    SELECT sum((%(idf)s::float8[])[array_position(%(lexemes)s::text[], u.lexeme)]
+               * (cardinality(u.positions)::float8 * ({BM25_K1} + 1))
                / (cardinality(u.positions)
-                  + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * length(m.tsv) / %(avgdl)s))) AS bm25
-  FROM memories m
-  CROSS JOIN LATERAL unnest(m.tsv) AS u
-  JOIN unnest(%(lexemes)s::text[], %(idf)s::float8[]) AS w(lexeme, idf) ON w.lexeme = u.lexeme
-  WHERE {where} AND %(tsq)s <> '' AND m.tsv @@ %(tsq)s::tsquery
-  GROUP BY m.id ORDER BY bm25 DESC, m.id LIMIT %(n)s
+                  + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * length(m.tsv) / %(avgdl)s)))
+    FROM unnest(ts_filter(setweight(m.tsv, 'A', %(lexemes)s::text[]), '{{a}}')) AS u) AS bm25
+  FROM (SELECT m.id, m.tsv FROM memories m
+        WHERE {where} AND %(tsq)s <> '' AND m.tsv @@ %(tsq)s::tsquery LIMIT %(scored)s) AS m
+  ORDER BY bm25 DESC, m.id LIMIT %(n)s
 ), seed AS (
   SELECT array(SELECT id FROM dense UNION SELECT id FROM ctx UNION SELECT id FROM lex) AS ids
 ){nb}, ranks AS (
   SELECT (SELECT array_agg(id) FROM dense) AS d, (SELECT array_agg(id) FROM ctx) AS c,
          (SELECT array_agg(id) FROM lex) AS l
 )
-SELECT {cols}, m.embedding, m.context_embedding, lex.bm25,
+SELECT {cols}, vector_send(m.embedding) AS embedding,
+       vector_send(m.context_embedding) AS context_embedding, lex.bm25, {FEATURE_COLUMNS},
        array_position(ranks.d, m.id) - 1 AS dense_rank,
        array_position(ranks.c, m.id) - 1 AS context_rank,
        array_position(ranks.l, m.id) - 1 AS lexical_rank,
@@ -189,6 +209,13 @@ SELECT {cols}, m.embedding, m.context_embedding, lex.bm25,
 FROM ranks, memories m LEFT JOIN lex ON lex.id = m.id
 WHERE m.id = ANY((SELECT ids FROM seed) || coalesce((SELECT array_agg(id) FROM nb), '{{}}'))
   AND {where}"""
+
+
+def vector_rows(blobs: list[bytes], dims: int) -> np.ndarray:
+    """pgvector binary values (vector_send: dims and a spare as two uint16, then big-endian
+    float4) as one float32 matrix, converted in one step instead of one object per row."""
+    raw = np.frombuffer(b"".join(blobs), dtype=">f4").reshape(len(blobs), dims + 1)
+    return raw[:, 1:].astype(np.float32)
 
 
 @dataclass
@@ -217,7 +244,7 @@ async def fetch(conn: psycopg.AsyncConnection, tenant: str, q: RecallQuery, qvec
     """Run the candidate query and unpack its rows into arrays."""
     params: dict[str, Any] = {"tenant": tenant, "embedder": embedder_id, "qvec": qvec, "n": n,
                               "tsq": plan.tsquery, "lexemes": plan.lexemes, "idf": plan.idf,
-                              "avgdl": plan.avgdl}
+                              "avgdl": plan.avgdl, "scored": plan.max_scored}
     where = filters_sql(q, params)
     if n > 50:  # the pool's connections search 50 wide (store.database)
         await conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(n),))
@@ -227,8 +254,11 @@ async def fetch(conn: psycopg.AsyncConnection, tenant: str, q: RecallQuery, qvec
     if not rows:
         empty = np.zeros((0, dims), dtype=np.float32)
         return Candidates([], empty, empty, np.zeros(0), qvec, speakers)
-    own = np.stack([r.pop("embedding").to_numpy() for r in rows])
-    ctx_vecs = [r.pop("context_embedding") for r in rows]
-    context = np.stack([c.to_numpy() if c is not None else own[i] for i, c in enumerate(ctx_vecs)])
+    own = vector_rows([r.pop("embedding") for r in rows], dims)
+    ctx_blobs = [r.pop("context_embedding") for r in rows]
+    context = own.copy()  # a memory without chain neighbours is its own context
+    have = [i for i, b in enumerate(ctx_blobs) if b is not None]
+    if have:
+        context[have] = vector_rows([ctx_blobs[i] for i in have], dims)
     bm25 = np.array([r.pop("bm25") or 0.0 for r in rows], dtype=np.float64)
     return Candidates(rows, own, context, bm25, qvec, speakers)

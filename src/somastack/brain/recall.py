@@ -9,9 +9,11 @@ evidence block's score is exactly the sum of its `score_breakdown`.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,23 +62,24 @@ def lexical_feature(c: Candidates, _: dict[str, float]) -> np.ndarray:
 
 def _group(row: dict[str, Any]) -> Any:
     """The episode a memory belongs to: metadata.session if given, else its event day."""
-    meta = row["metadata"] or {}
-    if "session" in meta:
-        return ("s", str(meta["session"]))
+    if row["session_key"] is not None:
+        return ("s", row["session_key"])
     when = row["event_time"]
     return ("d", when.date().isoformat()) if when else ("m", row["id"])
 
 
-def session_feature(c: Candidates, partial: dict[str, float]) -> np.ndarray:
+def session_feature(c: Candidates, partial: dict[str, Any]) -> np.ndarray:
     """Mean of the top-3 partial scores among the candidates of the same episode."""
     base = partial["_score"]
-    groups: dict[Any, list[int]] = {}
-    for i, r in enumerate(c.rows):
-        groups.setdefault(_group(r), []).append(i)
-    out = np.zeros(len(c))
-    for members in groups.values():
-        out[members] = np.sort(base[members])[-SESSION_TOP:].mean()
-    return out
+    ids: dict[Any, int] = {}
+    group = np.array([ids.setdefault(_group(r), len(ids)) for r in c.rows])
+    order = np.lexsort((-base, group))  # by episode, best first within each
+    ordered = group[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    top = order[rank < SESSION_TOP]
+    sums = np.bincount(group[top], weights=base[top], minlength=len(ids))
+    return (sums / np.bincount(group[top], minlength=len(ids)))[group]
 
 
 def named_speakers(text: str, speakers: list[str]) -> list[str]:
@@ -86,12 +89,12 @@ def named_speakers(text: str, speakers: list[str]) -> list[str]:
             re.search(r"\b" + re.escape(s.split()[0].lower()) + r"\b", low)]
 
 
-def speaker_feature(c: Candidates, partial: dict[str, float]) -> np.ndarray:
+def speaker_feature(c: Candidates, partial: dict[str, Any]) -> np.ndarray:
     """1 for memories said by the one speaker the query names (0 if it names none or several)."""
     named = partial["_named"]
     if len(named) != 1:
         return np.zeros(len(c))
-    return np.array([float((r["metadata"] or {}).get("speaker") == named[0]) for r in c.rows])
+    return np.array([float(r["speaker"] == named[0]) for r in c.rows])
 
 
 def recency_feature(c: Candidates, _: dict[str, float]) -> np.ndarray:
@@ -171,8 +174,9 @@ def _evidence(c: Candidates, i: int, total: float, terms: dict[str, np.ndarray],
               include_scores: bool) -> Evidence:
     row = dict(c.rows[i])
     ranks = {k: row.pop(f"{k}_rank") for k in ("dense", "context", "lexical")}
-    for k in ("prev_id", "next_id"):
+    for k in ("prev_id", "next_id", "session_key", "speaker"):
         row.pop(k)
+    row["metadata"] = json.loads(row.pop("metadata_json"))
     return Evidence(
         memory=row,
         score=round(float(total), 6),
@@ -211,22 +215,35 @@ async def recall(
     theta = {k: (0.0 if k in q.ablate else v) for k, v in (weights or DEFAULT_WEIGHTS).items()}
     switches = set(q.ablate) & set(STAGES)
     t0 = time.perf_counter()
-    async with db.tenant(tenant, rls=False) as conn:  # candidates.filters_sql applies the policy
-        plan, speakers = await cand.query_context(conn, tenant, q.namespace, q.text)
-        t1 = time.perf_counter()
-        named = named_speakers(q.text, speakers)
-        texts = [q.text]
-        if named and "name_strip" not in switches:
-            texts.append(strip_names(q.text, named) or q.text)
-        qvec = query_vector(await embedder.embed(texts))
-        t2 = time.perf_counter()
-        c = await cand.fetch(conn, tenant, q, qvec, plan, speakers, embedder.id,
-                             max(candidates, q.top_k), neighbours="neighbours" not in switches)
+    # The query is embedded while its lexical plan is read: neither needs the other.
+    embedding = asyncio.ensure_future(_timed(embedder.embed([q.text])))
+    try:
+        async with db.tenant(tenant, rls=False) as conn:  # candidates.filters_sql applies the policy
+            plan, speakers = await cand.query_context(conn, tenant, q.namespace, q.text)
+            t1 = time.perf_counter()
+            vecs, embed_s = await embedding
+            named = named_speakers(q.text, speakers)
+            if named and "name_strip" not in switches:
+                stripped, more_s = await _timed(embedder.embed([strip_names(q.text, named) or q.text]))
+                vecs, embed_s = np.concatenate([vecs, stripped]), embed_s + more_s
+            qvec = query_vector(vecs)
+            t2 = time.perf_counter()
+            c = await cand.fetch(conn, tenant, q, qvec, plan, speakers, embedder.id,
+                                 max(candidates, q.top_k), neighbours="neighbours" not in switches)
+    finally:
+        embedding.cancel()  # only matters when the plan failed: nobody waits for it then
     t3 = time.perf_counter()
     total, terms = score(c, theta, q.text, switches) if len(c) else (np.zeros(0), {})
     top = np.argsort(-total, kind="stable")[: q.top_k]
     evidence = [_evidence(c, int(i), total[i], terms, q.include_scores) for i in top]
     t4 = time.perf_counter()
-    timings = {"plan": t1 - t0, "embed": t2 - t1, "candidates": t3 - t2, "score": t4 - t3,
-               "total": t4 - t0}
+    timings = {"plan": t1 - t0, "embed": embed_s, "wait": t2 - t1, "candidates": t3 - t2,
+               "score": t4 - t3, "total": t4 - t0}
     return RecallResult(evidence, {k: round(v * 1000, 3) for k, v in timings.items()}, len(c), theta)
+
+
+async def _timed(work: Awaitable[np.ndarray]) -> tuple[np.ndarray, float]:
+    """The result of `work` and the seconds it took."""
+    start = time.perf_counter()
+    out = await work
+    return out, time.perf_counter() - start

@@ -3,10 +3,14 @@
 Appends take a transaction-scoped advisory lock so that seq and prev_hash are read and written
 by one writer at a time; the database refuses UPDATE, DELETE and TRUNCATE and re-checks the
 chain link on insert. `verify_database` re-walks the whole chain and names the first bad row.
+
+Changes to keys and tenants are also announced (NOTIFY on GOVERNANCE_CHANNEL, delivered at
+commit), so that every server process drops what it cached about them at once.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +24,8 @@ from somastack.governance.canonical import GENESIS, canonical_json, checksum, sh
 from somastack.store import Database, outbox
 
 _LOCK_ID = 0x50A5_A0D1
+GOVERNANCE_CHANNEL = "soma_governance"
+ANNOUNCED = ("key.", "tenant.")  # actions that change what a credential may do
 DECISIONS = ("allow", "deny", "error", "info")
 _COLUMNS = "seq, at, tenant_id, actor, action, resource, decision, reasons, trace_id, payload_hash"
 
@@ -88,6 +94,9 @@ async def append(conn: psycopg.AsyncConnection, event: AuditEvent) -> dict[str, 
         "action": event.action, "resource": event.resource, "decision": event.decision,
         "reasons": row["reasons"],
     })
+    if event.action.startswith(ANNOUNCED):
+        await conn.execute("SELECT pg_notify(%s, %s)", (GOVERNANCE_CHANNEL, json.dumps(
+            {"action": event.action, "tenant_id": event.tenant_id, "resource": event.resource})))
     return row
 
 

@@ -31,13 +31,27 @@ async def authenticate(db: Database, gov: Governance, authorization: str | None)
     if scheme.lower() != "bearer" or not credential:
         raise Unauthenticated("use the Bearer scheme: Authorization: Bearer <key or token>",
                               field="Authorization")
+    if keys.looks_like_key(credential):
+        return await api_key_principal(db, credential)
     async with db.system() as conn:
-        if keys.looks_like_key(credential):
-            return await keys.authenticate(conn, credential)
         return await tokens.authenticate(
             conn, credential, issuer=gov.settings.jwt_issuer,
             constitution_checksum=gov.constitution.checksum,
             max_ttl_s=gov.settings.session_ttl_max_s, keys=gov.jwt_keys)
+
+
+async def api_key_principal(db: Database, credential: str) -> Principal:
+    """The key's principal: remembered for a few seconds (keys.VerifiedKeys), else read."""
+    key_id, secret_hash = keys.parse(credential)
+    known = keys.VERIFIED.get(key_id, secret_hash)
+    if known is not None:
+        return known
+    db.listen(audit.GOVERNANCE_CHANNEL, keys.VERIFIED.on_change)
+    epoch = keys.VERIFIED.epoch
+    async with db.system() as conn:
+        who = await keys.authenticate(conn, credential)
+    keys.VERIFIED.put(key_id, secret_hash, who, epoch)
+    return who
 
 
 def check_scopes(principal: Principal, required: list[str]) -> None:

@@ -1,11 +1,18 @@
-"""API keys: `soma_<id>_<secret>`, shown once, stored as SHA3-256 of the secret, scoped, revocable."""
+"""API keys: `soma_<id>_<secret>`, shown once, stored as SHA3-256 of the secret, scoped, revocable.
+
+Verified keys are remembered for a few seconds (`VerifiedKeys`), so that most requests learn
+their caller without a database round trip.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -17,6 +24,8 @@ PREFIX = "soma_"
 _KEY_RE = re.compile(r"^soma_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _COLUMNS = "id, tenant_id, name, scopes, created_by, created_at, last_used_at, revoked_at"
 _TOUCH_EVERY = "60 seconds"  # last_used_at is refreshed at most this often per key
+CACHE_TTL_S = 5.0  # the longest a process may act on a key or tenant it was not told changed
+_CACHE_MAX = 10_000  # entries; past this, expired ones are dropped on the next store
 
 
 def looks_like_key(credential: str) -> bool:
@@ -55,20 +64,26 @@ async def revoke(conn: psycopg.AsyncConnection, tenant_id: str, key_id: str) -> 
     row = await cur.fetchone()
     if row is None:
         raise NotFound(f"key {key_id!r} not found", field="id")
+    VERIFIED.forget(key_id=key_id)
     return row
+
+
+def parse(presented: str) -> tuple[str, str]:
+    """(key id, SHA3-256 of the secret) of a presented key; Unauthenticated if malformed."""
+    m = _KEY_RE.fullmatch(presented)
+    if m is None:
+        raise Unauthenticated("the API key is malformed", field="Authorization")
+    return m.group(1), hash_secret(m.group(2))
 
 
 async def authenticate(conn: psycopg.AsyncConnection, presented: str) -> Principal:
     """The principal of a presented API key; Unauthenticated saying what is wrong with it."""
-    m = _KEY_RE.fullmatch(presented)
-    if m is None:
-        raise Unauthenticated("the API key is malformed", field="Authorization")
-    key_id, secret = m.groups()
+    key_id, secret_hash = parse(presented)
     cur = await conn.execute(
         "SELECT k.tenant_id, k.secret_hash, k.scopes, k.revoked_at, t.disabled_at, t.limits "
         "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = %s", (key_id,))
     row = await cur.fetchone()
-    if row is None or not hmac.compare_digest(row["secret_hash"], hash_secret(secret)):
+    if row is None or not hmac.compare_digest(row["secret_hash"], secret_hash):
         raise Unauthenticated("the API key is not valid", field="Authorization")
     if row["revoked_at"] is not None:
         raise Unauthenticated("the API key was revoked", field="Authorization")
@@ -79,3 +94,68 @@ async def authenticate(conn: psycopg.AsyncConnection, presented: str) -> Princip
         f"AND (last_used_at IS NULL OR last_used_at < now() - interval '{_TOUCH_EVERY}')", (key_id,))
     return Principal(tenant_id=row["tenant_id"], actor=f"key:{key_id}", kind="api_key",
                      scopes=frozenset(row["scopes"]), limits=row["limits"])
+
+
+@dataclass(frozen=True)
+class _Verified:
+    secret_hash: str
+    principal: Principal
+    until: float
+
+
+class VerifiedKeys:
+    """Principals of API keys verified in the last `ttl_s` seconds, by key id.
+
+    An entry is only served for the secret it was verified with, and is dropped when its key or
+    tenant changes: at once when the key is revoked in this process, a few milliseconds after the
+    commit elsewhere (audit.append announces key and tenant changes on GOVERNANCE_CHANNEL, see
+    `on_change`), and `ttl_s` after it was read at the latest, should an announcement be missed.
+    A lookup that read the database before a change was announced does not store what it read
+    (the epoch check). Refusals are never remembered: they are read and audited every time.
+    """
+
+    def __init__(self, ttl_s: float = CACHE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self.epoch = 0  # bumped by every forget
+        self._entries: dict[str, _Verified] = {}
+
+    def get(self, key_id: str, secret_hash: str) -> Principal | None:
+        entry = self._entries.get(key_id)
+        if entry is None or entry.until <= time.monotonic():
+            return None
+        if not hmac.compare_digest(entry.secret_hash, secret_hash):
+            return None
+        return entry.principal
+
+    def put(self, key_id: str, secret_hash: str, principal: Principal, epoch: int) -> None:
+        """Remember a principal read while `epoch` was current (ignored if it no longer is)."""
+        if epoch != self.epoch:
+            return
+        now = time.monotonic()
+        if len(self._entries) >= _CACHE_MAX:
+            self._entries = {k: e for k, e in self._entries.items() if e.until > now}
+        self._entries[key_id] = _Verified(secret_hash, principal, now + self.ttl_s)
+
+    def forget(self, *, key_id: str | None = None, tenant_id: str | None = None) -> None:
+        """Drop one key, every key of a tenant, or (neither given) everything."""
+        self.epoch += 1
+        if key_id is None and tenant_id is None:
+            self._entries.clear()
+        elif key_id is not None:
+            self._entries.pop(key_id, None)
+        else:
+            self._entries = {k: e for k, e in self._entries.items()
+                             if e.principal.tenant_id != tenant_id}
+
+    def on_change(self, payload: str | None) -> None:
+        """A governance announcement (JSON with tenant_id and resource); None = some were missed."""
+        change = json.loads(payload) if payload else None
+        if not isinstance(change, dict):
+            self.forget()
+        elif str(change.get("resource", "")).startswith("key:"):
+            self.forget(key_id=change["resource"].removeprefix("key:"))
+        else:
+            self.forget(tenant_id=change.get("tenant_id"))
+
+
+VERIFIED = VerifiedKeys()  # one per process: every server of the process shares what it verified

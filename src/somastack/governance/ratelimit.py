@@ -1,13 +1,22 @@
-"""Sliding-window rate limits per tenant and route: Redis when configured, PostgreSQL otherwise.
+"""Sliding-window rate limits per tenant and route, counted where every API process sees them.
 
-Both keep a log of hit times per bucket over the last `window_s` seconds; a hit is admitted
-when fewer than `limit` are in the window, and a refusal says when the oldest hit leaves it.
+Every limiter keeps a log of hit times per bucket over the last `window_s` seconds; a hit is
+admitted when fewer than `limit` are in the window, and a refusal says when the oldest hit
+leaves it. Where the log lives (see `build`):
+- Redis when configured: shared by every worker and replica, one round trip per hit.
+- In process when this process is the only API server of an embedded database (one worker):
+  no round trip at all; the log is exact because no other process admits requests.
+- PostgreSQL otherwise (several workers or an external database, without Redis): shared, at the
+  cost of a few round trips per hit; configure Redis for high request rates.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,6 +88,34 @@ class RateLimiter(Protocol):
     async def close(self) -> None: ...
 
 
+class LocalRateLimiter:
+    """The window log in this process's memory: exact for a single API process, and free."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, deque[float]] = {}
+
+    async def hit(self, bucket: str, limit: Limit) -> int | None:
+        now = time.monotonic()
+        log = self.hits.setdefault(bucket, deque())
+        while log and log[0] <= now - limit.window_s:
+            log.popleft()
+        if len(log) < limit.limit:
+            log.append(now)
+            return None
+        return max(1, math.ceil(log[-limit.limit] + limit.window_s - now))
+
+    async def purge(self) -> int:
+        """Drop the buckets whose newest hit no window can still count."""
+        now = time.monotonic()
+        stale = [b for b, log in self.hits.items() if not log or log[-1] < now - MAX_WINDOW_S]
+        for bucket in stale:
+            del self.hits[bucket]
+        return len(stale)
+
+    async def close(self) -> None:
+        return None
+
+
 class PostgresRateLimiter:
     """The window log in the UNLOGGED table rate_hits, one bucket locked at a time."""
 
@@ -134,5 +171,14 @@ class RedisRateLimiter:
         await self.client.aclose()
 
 
+def sole_api_process(db: Database) -> bool:
+    """True when no other process can admit requests against this database: an embedded one
+    (private to this machine's home) served by a single process (not a uvicorn worker)."""
+    return db.embedded and multiprocessing.parent_process() is None
+
+
 def build(db: Database, redis_url: str | None) -> RateLimiter:
-    return RedisRateLimiter(redis_url) if redis_url else PostgresRateLimiter(db)
+    """Redis when configured, else in process when this is the sole API process, else PostgreSQL."""
+    if redis_url:
+        return RedisRateLimiter(redis_url)
+    return LocalRateLimiter() if sole_api_process(db) else PostgresRateLimiter(db)

@@ -6,18 +6,25 @@ Tenant work runs in `Database.tenant(tenant_id)`: one transaction as the role `s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from pgvector.psycopg import register_vector_async
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from somastack.config import Settings
 from somastack.errors import StoreUnavailable
 from somastack.store import embedded, migrate
+
+log = logging.getLogger("somastack.store")
+LISTEN_RETRY_S = 1.0
 
 
 def resolve_url(settings: Settings) -> tuple[str, bool]:
@@ -32,7 +39,6 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
     # pgvector HNSW search breadth, and keep scanning when filters drop rows (pgvector ≥ 0.8)
     await conn.execute("SET hnsw.ef_search = 50")
     await conn.execute("SET hnsw.iterative_scan = relaxed_order")
-    await conn.commit()
     conn.row_factory = dict_row  # type: ignore[assignment]
 
 
@@ -41,6 +47,7 @@ class Database:
     url: str
     embedded: bool
     pool: AsyncConnectionPool
+    listeners: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, settings: Settings, *, run_migrations: bool = True) -> Database:
@@ -53,6 +60,7 @@ class Database:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
         pool = AsyncConnectionPool(
             url,
+            kwargs={"autocommit": True},  # transactions are explicit: tenant() and system()
             min_size=settings.pool_min,
             max_size=settings.pool_max,
             configure=_configure,
@@ -62,7 +70,34 @@ class Database:
         return cls(url=url, embedded=is_embedded, pool=pool)
 
     async def close(self) -> None:
+        for task in self.listeners.values():
+            task.cancel()
+        for task in self.listeners.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.listeners.clear()
         await self.pool.close()
+
+    def listen(self, channel: str, on_message: Callable[[str | None], None]) -> None:
+        """Call on_message(payload) for every NOTIFY on `channel` until close(), from a connection
+        of its own; on_message(None) whenever some may have been missed (on connecting, after a
+        drop). Idempotent per channel."""
+        if channel not in self.listeners:
+            self.listeners[channel] = asyncio.get_running_loop().create_task(
+                self._listen(channel, on_message))
+
+    async def _listen(self, channel: str, on_message: Callable[[str | None], None]) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    on_message(None)
+                    async for note in conn.notifies():
+                        on_message(note.payload)
+            except (OSError, psycopg.Error) as exc:
+                log.warning("listening on %s failed, retrying: %s", channel, exc)
+            on_message(None)
+            await asyncio.sleep(LISTEN_RETRY_S)
 
     @asynccontextmanager
     async def tenant(self, tenant_id: str, *, rls: bool = True) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -72,13 +107,20 @@ class Database:
         apply the policy's predicate `tenant_id = current_setting('app.tenant_id')` themselves:
         under RLS, PostgreSQL may not use an index for an operator that is not leakproof (full
         text `@@`, pgvector `<=>`), and recall would scan the whole table.
+
+        BEGIN and the binding travel in one round trip (one simple-protocol query).
         """
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT set_config('role', %s, true), set_config('app.tenant_id', %s, true)",
-                ("soma_app" if rls else "none", tenant_id),
-            )
-            yield conn
+        async with self.pool.connection() as conn:
+            await conn.execute(sql.SQL(
+                "BEGIN; SELECT set_config('role', {}, true), set_config('app.tenant_id', {}, true)"
+            ).format(sql.Literal("soma_app" if rls else "none"), sql.Literal(tenant_id)))
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):  # a broken connection: the pool drops it
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
     @asynccontextmanager
     async def system(self) -> AsyncIterator[psycopg.AsyncConnection]:

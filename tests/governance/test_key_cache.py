@@ -1,0 +1,86 @@
+"""Verified API keys are remembered for a few seconds, and forgotten as soon as they change."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+from psycopg.rows import dict_row
+from tests.governance.test_identity import key, new_tenant
+
+from somastack import Client
+from somastack.governance import audit
+from somastack.governance.keys import CACHE_TTL_S, VerifiedKeys
+from somastack.governance.principal import Principal
+
+
+def principal(tenant: str) -> Principal:
+    return Principal(tenant_id=tenant, actor="key:k", kind="api_key", scopes=frozenset({"admin"}))
+
+
+def test_an_entry_serves_only_its_secret_and_only_until_its_ttl() -> None:
+    cache = VerifiedKeys(ttl_s=0.2)
+    cache.put("k1", "hash-a", principal("t1"), cache.epoch)
+    assert cache.get("k1", "hash-a") == principal("t1")
+    assert cache.get("k1", "hash-b") is None  # same id, another secret: not this entry
+    time.sleep(0.25)
+    assert cache.get("k1", "hash-a") is None
+
+
+def test_a_read_from_before_a_change_is_not_stored() -> None:
+    cache = VerifiedKeys()
+    epoch = cache.epoch  # a lookup starts reading the database ...
+    cache.on_change('{"action": "tenant.disable", "tenant_id": "t1", "resource": "tenant:t1"}')
+    cache.put("k1", "hash-a", principal("t1"), epoch)  # ... and finishes after the announcement
+    assert cache.get("k1", "hash-a") is None
+
+
+def test_announcements_forget_the_key_or_the_whole_tenant() -> None:
+    cache = VerifiedKeys()
+    for key_id, tenant in (("k1", "t1"), ("k2", "t1"), ("k3", "t2")):
+        cache.put(key_id, "h", principal(tenant), cache.epoch)
+    cache.on_change('{"action": "key.revoke", "tenant_id": "t2", "resource": "key:k3"}')
+    assert [cache.get(k, "h") is not None for k in ("k1", "k2", "k3")] == [True, True, False]
+    cache.on_change('{"action": "tenant.disable", "tenant_id": "t1", "resource": "tenant:t1"}')
+    assert [cache.get(k, "h") is not None for k in ("k1", "k2")] == [False, False]
+    cache.put("k1", "h", principal("t1"), cache.epoch)
+    cache.on_change(None)  # the listener reconnected: anything may have been missed
+    assert cache.get("k1", "h") is None
+
+
+async def revoke_elsewhere(url: str, tenant: str, key_id: str) -> None:
+    """What another API process does to revoke a key: the update and its audit row, one commit."""
+    async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
+        async with conn.transaction():
+            await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s", (key_id,))
+            await audit.append(conn, audit.AuditEvent(
+                actor="key:elsewhere", tenant_id=tenant, action="key.revoke",
+                resource=f"key:{key_id}", decision="allow"))
+
+
+def test_a_revocation_by_another_process_is_seen_well_within_the_ttl(
+        server: str, admin: Client, database_url: str) -> None:
+    tenant = new_tenant(admin)
+    secret = key(admin, tenant, "memory:read")
+    with Client(server, api_key=secret) as c:
+        assert c.http.get("/v1/memory").status_code == 200  # verified, now remembered
+        asyncio.run(revoke_elsewhere(database_url, tenant, secret.split("_")[1]))
+        deadline = time.monotonic() + 1.0  # the TTL is 5 s: only the announcement is this quick
+        while (resp := c.http.get("/v1/memory")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert resp.status_code == 401 and "revoked" in resp.text
+
+
+def test_an_unannounced_change_is_seen_after_the_ttl(server: str, admin: Client,
+                                                      database_url: str) -> None:
+    tenant = new_tenant(admin)
+    secret = key(admin, tenant, "memory:read")
+    with Client(server, api_key=secret) as c:
+        assert c.http.get("/v1/memory").status_code == 200
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE tenants SET disabled_at = now() WHERE id = %s", (tenant,))
+        assert c.http.get("/v1/memory").status_code == 200  # not announced: still remembered
+        time.sleep(CACHE_TTL_S + 0.2)
+        resp = c.http.get("/v1/memory")
+        assert resp.status_code == 401 and "disabled" in resp.text
