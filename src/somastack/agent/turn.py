@@ -339,7 +339,7 @@ class Runtime:
         yield log.add("verify", checked)
         yield log.add("answer", {"final": True, "text": answer, "verdict": checked["verdict"],
                                  "citations": checked["citations"], "provider": final.provider,
-                                 "model": final.model})
+                                 "model": final.model, "fallbacks": tally.fallbacks})
         log.flush()
 
         tally.lap("answer")
