@@ -157,7 +157,9 @@ def filters_sql(q: RecallQuery, params: dict[str, Any]) -> str:
 
 
 def candidate_sql(dims: int, where: str, neighbours: bool) -> str:
-    """ANN (memory vector, context vector), BM25, and chain neighbours, with their rows.
+    """ANN (memory vector, context vector), BM25, and chain neighbours, with their rows and
+    their own chain links (prev/next: read once for the whole set; one index probe per row and
+    direction had cost a quarter of the query).
 
     BM25 over the planned terms: Σ_t idf(t)·tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl)), with
     |d| the number of distinct lexemes of the memory. Each matching memory sums, in a scalar
@@ -165,8 +167,6 @@ def candidate_sql(dims: int, where: str, neighbours: bool) -> str:
     unnest): a third cheaper than unnesting all its lexemes and joining them to the query's.
     """
     cols = ", ".join(f"m.{c.strip()}" for c in MEMORY_COLUMNS.split(",") if c.strip() != "metadata")
-    link = ("SELECT {a} FROM memory_links l WHERE l.tenant_id = m.tenant_id AND l.{b} = m.id "
-            f"AND l.rel = '{CHAIN}' LIMIT 1")
     nb = f"""
 , nb AS MATERIALIZED (
   SELECT l.dst AS id FROM memory_links l, seed WHERE l.tenant_id = %(tenant)s AND l.rel = '{CHAIN}'
@@ -195,7 +195,14 @@ WITH dense AS MATERIALIZED (
   ORDER BY bm25 DESC, m.id LIMIT %(n)s
 ), seed AS (
   SELECT array(SELECT id FROM dense UNION SELECT id FROM ctx UNION SELECT id FROM lex) AS ids
-){nb}, ranks AS (
+){nb}, found AS (
+  SELECT (SELECT ids FROM seed) || coalesce((SELECT array_agg(id) FROM nb), '{{}}') AS ids
+), chain AS MATERIALIZED (
+  SELECT l.src, l.dst FROM memory_links l, found WHERE l.tenant_id = %(tenant)s
+    AND l.rel = '{CHAIN}' AND l.src = ANY(found.ids)
+  UNION SELECT l.src, l.dst FROM memory_links l, found WHERE l.tenant_id = %(tenant)s
+    AND l.rel = '{CHAIN}' AND l.dst = ANY(found.ids)
+), ranks AS (
   SELECT (SELECT array_agg(id) FROM dense) AS d, (SELECT array_agg(id) FROM ctx) AS c,
          (SELECT array_agg(id) FROM lex) AS l
 )
@@ -204,11 +211,13 @@ SELECT {cols}, vector_send(m.embedding) AS embedding,
        array_position(ranks.d, m.id) - 1 AS dense_rank,
        array_position(ranks.c, m.id) - 1 AS context_rank,
        array_position(ranks.l, m.id) - 1 AS lexical_rank,
-       ({link.format(a="l.src", b="dst")}) AS prev_id,
-       ({link.format(a="l.dst", b="src")}) AS next_id
+       prev.src AS prev_id, nxt.dst AS next_id
 FROM ranks, memories m LEFT JOIN lex ON lex.id = m.id
-WHERE m.id = ANY((SELECT ids FROM seed) || coalesce((SELECT array_agg(id) FROM nb), '{{}}'))
-  AND {where}"""
+  LEFT JOIN (SELECT DISTINCT ON (dst) dst, src FROM chain ORDER BY dst, src) AS prev
+    ON prev.dst = m.id
+  LEFT JOIN (SELECT DISTINCT ON (src) src, dst FROM chain ORDER BY src, dst) AS nxt
+    ON nxt.src = m.id
+WHERE m.id = ANY((SELECT ids FROM found)::uuid[]) AND {where}"""
 
 
 def vector_rows(blobs: list[bytes], dims: int) -> np.ndarray:
