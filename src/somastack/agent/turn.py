@@ -282,25 +282,19 @@ class Runtime:
             call_id = f"{spec.turn_id}.{i + 1}"
             if spec.calls:
                 args = spec.calls[i]["arguments"]
-                yield log.add("tool.call", {"call_id": call_id, "tool": tool.name,
-                                            "arguments": args, "step": i + 1})
-                async for event in self._tool(broker, ctx, spec, tool, args, call_id, log,
-                                              tally, results):
-                    yield event
-                log.flush()
-                continue
-            try:
-                call = await self._model(llm, tally, ChatRequest(
-                    messages=_args_messages(tool, spec.text, evidence, results),
-                    tools=[tool.spec()], tool_choice="required",
-                    max_tokens=self._cap(spec, ARGS_MAX_TOKENS)))
-            except ModelOutputInvalid as exc:  # unusable arguments: this step fails, go on
-                results.append({"call_id": call_id, "tool": tool.name, "ok": False,
-                                "result": {"error": exc.detail}})
-                yield log.add("error", error_data(exc, fatal=False, stage="tool.arguments",
-                                                  call_id=call_id, tool=tool.name))
-                continue
-            args = call.tool_calls[0].arguments
+            else:
+                try:
+                    call = await self._model(llm, tally, ChatRequest(
+                        messages=_args_messages(tool, spec.text, evidence, results),
+                        tools=[tool.spec()], tool_choice="required",
+                        max_tokens=self._cap(spec, ARGS_MAX_TOKENS)))
+                except ModelOutputInvalid as exc:  # unusable arguments: this step fails, go on
+                    results.append({"call_id": call_id, "tool": tool.name, "ok": False,
+                                    "result": {"error": exc.detail}})
+                    yield log.add("error", error_data(exc, fatal=False, stage="tool.arguments",
+                                                      call_id=call_id, tool=tool.name))
+                    continue
+                args = call.tool_calls[0].arguments
             yield log.add("tool.call", {"call_id": call_id, "tool": tool.name, "arguments": args,
                                         "step": i + 1})
             async for event in self._tool(broker, ctx, spec, tool, args, call_id, log, tally,
