@@ -205,15 +205,15 @@ async def events_after(db: Database, turn: Turn, after: int) -> list[dict[str, A
 
 
 async def tail(db: Database, turn: Turn, after: int, *, timeout_s: float
-               ) -> AsyncIterator[dict[str, Any]]:
-    """The turn's stored events after `after`; while it runs, wait for more (up to timeout_s)."""
+               ) -> AsyncIterator[list[dict[str, Any]]]:
+    """The turn's stored events after `after`, a batch per read; while it runs, wait for more
+    (up to timeout_s)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
         events = await events_after(db, turn, after)
-        for event in events:
-            yield event
         if events:
+            yield events
             after = int(events[-1]["id"].rpartition(":")[2])
         if turn.status in TERMINAL:
             if not events:

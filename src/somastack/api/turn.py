@@ -153,18 +153,21 @@ def _sse(event: dict[str, Any]) -> str:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
 
 
-def _stream(events: AsyncIterator[dict[str, Any]], turn: Turn) -> StreamingResponse:
+def _stream(batches: AsyncIterator[list[dict[str, Any]]], turn: Turn) -> StreamingResponse:
+    """SSE of the events; the events that are ready together go out in one write."""
     async def body() -> AsyncIterator[str]:
-        async for event in events:
-            yield _sse(event)
+        async for batch in batches:
+            yield "".join(_sse(event) for event in batch)
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Turn-Id": turn.id,
         "X-Trace-Id": turn.trace_id})
 
 
-async def _live(rt: Runtime, spec: TurnSpec, log: EventLog) -> AsyncIterator[dict[str, Any]]:
-    """The turn's events as they happen; closing this generator cancels the turn."""
+async def _live(rt: Runtime, spec: TurnSpec, log: EventLog
+                ) -> AsyncIterator[list[dict[str, Any]]]:
+    """The turn's events as they happen (whatever is ready, together); closing this generator
+    cancels the turn."""
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     async def produce() -> None:
@@ -176,8 +179,13 @@ async def _live(rt: Runtime, spec: TurnSpec, log: EventLog) -> AsyncIterator[dic
 
     task = asyncio.create_task(produce(), name=f"turn {spec.turn_id}")
     try:
-        while (event := await queue.get()) is not None:
-            yield event
+        done = False
+        while not done:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            done = batch[-1] is None
+            yield [e for e in batch if e is not None]
         await task
     finally:
         if not task.done():
