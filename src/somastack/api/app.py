@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await db.close()
             raise
         embedder = AsyncEmbedder(await asyncio.to_thread(build_embedder, settings))
+        gc.freeze()  # what start-up allocated is permanent: keep full collections short (p99)
         app.state.soma = AppState(settings=settings, db=db, embedder=embedder, metrics=metrics,
                                   governance=gov)
         relay = OutboxRelay(db, settings) if settings.nats_url else None
