@@ -142,8 +142,8 @@ def _authorize(s: AppState, who: Principal, trace: str, turn_id: str) -> Any:
     async def check(tool: str, args: dict[str, Any]) -> Decision:
         gov = s.governance
         decision = await policy.authorize(s.db, gov.rego, gov.constitution, policy.Request(
-            subject=who, action="tool.call", resource={"tool": tool, "turn_id": turn_id},
-            trace_id=trace))
+            subject=who, action="tool.call", resource={"tool": tool},
+            context={"turn_id": turn_id}, trace_id=trace))
         return Decision(decision.allow, "; ".join(decision.reasons))
     return check
 

@@ -32,6 +32,7 @@ _TEST_RE = re.compile(r"^(test_\w+)\s", re.MULTILINE)
 # Builtins whose value can change between two evaluations of the same input: a policy using
 # one is evaluated every time; any other policy is a pure function of (modules, input).
 _IMPURE_RE = re.compile(r"\b(time\.|rand\.|uuid\.|http\.send|opa\.runtime|net\.)")
+_CONTEXT_RE = re.compile(r"\.context\b")  # a policy that reads input.context (per-request data)
 DECISION_CACHE_SIZE = 4096
 _decisions: dict[int, OrderedDict[str, Decision]] = {}  # per evaluator pool
 
@@ -141,17 +142,25 @@ async def authorize(db: Database, pool: RegoPool, constitution: Active, req: Req
     return decision
 
 
+def _decisive(payload: dict[str, Any]) -> dict[str, Any]:
+    """The input without `context` when no module reads it (it carries per-request ids)."""
+    return {k: v for k, v in payload.items() if k != "context"}
+
+
 async def _evaluate(pool: RegoPool, modules: dict[str, str], payload: dict[str, Any]) -> Decision:
     """The decision for this input, memoised when the policy is pure (see _IMPURE_RE).
 
     rego-cpp takes 5-20 ms to evaluate; an agent session asks the same question (same subject,
     action, resource, constitution) again and again. The key covers every module's source and
-    the whole input, so a new constitution, override or token can never hit a stale entry.
-    Errors are never cached. Every decision is still audited by the caller.
+    the whole input (but `context`, which carries per-request ids, unless a module reads it), so
+    a new constitution, override or token can never hit a stale entry. Errors are never cached.
+    Every decision is still audited by the caller.
     """
     pure = not any(_IMPURE_RE.search(source) for source in modules.values())
+    reads_context = any(_CONTEXT_RE.search(source) for source in modules.values())
     cache = _decisions.setdefault(id(pool), OrderedDict())
-    key = hashlib.sha256(json.dumps([modules, payload], sort_keys=True, default=str).encode()
+    decisive = payload if reads_context else _decisive(payload)
+    key = hashlib.sha256(json.dumps([modules, decisive], sort_keys=True, default=str).encode()
                          ).hexdigest() if pure else ""
     if pure and key in cache:
         cache.move_to_end(key)
