@@ -302,6 +302,14 @@ class Client:
                 _result(resp)
             yield from turn_events(resp.iter_lines())
 
+    def turns(self, **params: Any) -> Any:
+        """Stored turns, newest first: {items, next_before} (params: session_id, limit, before)."""
+        return self._do(_Call("GET", "/v1/turns", params=_clean(params)))
+
+    def get_turn(self, turn_id: str) -> Any:
+        """One stored turn with all its events."""
+        return self._do(_Call("GET", f"/v1/turns/{turn_id}"))
+
     def ready(self) -> Any:
         return self._do(_Calls.ready())
 

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from somastack.cli.memory import client
-from somastack.cli.output import api_call, console, err, print_json
+from somastack.cli.output import api_call, console, err, print_json, table
 from somastack.client import Client
 
 PersonaOpt = Annotated[str, typer.Option("--persona", "-p", help="persona name or hash")]
@@ -95,13 +95,16 @@ def turn(
     tool_choice: Annotated[str, typer.Option(help="auto | required | none")] = "auto",
     max_steps: Annotated[int, typer.Option(min=0, max=8)] = 3,
     tokens: Annotated[int, typer.Option(help="token budget of a minted session")] = 100_000,
+    max_tokens: Annotated[int | None, typer.Option(min=1, max=8192,
+                                                   help="cap on every model call")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="retry-safe key for this turn")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the whole turn as JSON")] = False,
 ) -> None:
     """Run one agent turn; prints the answer (or, with --json, every event and the result)."""
     c = client()
     _, sess = _session(c, persona, tool, memory, tokens, session)
-    options: dict[str, Any] = {"tool_choice": tool_choice, "max_steps": max_steps}
+    options: dict[str, Any] = {"tool_choice": tool_choice, "max_steps": max_steps,
+                               "max_tokens": max_tokens}
     if tool is not None:
         options["allow"] = {"tools": tool}
     events, state = [], {}
@@ -153,6 +156,45 @@ def chat(
             console.print("\n[yellow]cancelled[/yellow]")
 
 
+turns_app = typer.Typer(no_args_is_help=True, help="Stored agent turns: list, show.")
+
+
+@turns_app.command("list")
+def turns_list(
+    session: Annotated[str | None, typer.Option(help="only this session's turns (its jti)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    before: Annotated[str | None, typer.Option(help="next_before of the previous page")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Your tenant's turns, newest first, a page at a time."""
+    out = api_call(lambda: client().turns(session_id=session, limit=limit, before=before))
+    if json_out:
+        print_json(out)
+        return
+    table("turns", ["id", "session", "status", "created", "input", "answer"],
+          [[t["id"], t["session_id"], t["status"], str(t["created_at"])[:19],
+            t["inputs"]["text"][:40], (t["answer"] or "")[:40]] for t in out["items"]])
+    if out["next_before"]:
+        console.print(f"more: --before {out['next_before']}")
+
+
+@turns_app.command("show")
+def turns_show(
+    turn_id: Annotated[str, typer.Argument(help="a turn id (turn_…)")],
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """One stored turn: its status, answer, usage and every event."""
+    out = api_call(lambda: client().get_turn(turn_id))
+    if json_out:
+        print_json(out)
+        return
+    console.print(f"[bold]{out['id']}[/bold] {out['status']} · session {out['session_id']}")
+    state: dict[str, Any] = {}
+    for event in out["events"]:
+        _show(event, state)
+
+
 def register(app: typer.Typer) -> None:
     app.command("turn")(turn)
     app.command("chat")(chat)
+    app.add_typer(turns_app, name="turns")
