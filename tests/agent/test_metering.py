@@ -11,6 +11,7 @@ from somastack.agent.llm import ChatRequest, FallbackChain, LocalProvider, Messa
 from somastack.agent.metering import MeteredLLM, prompt_token_bound
 from somastack.errors import BudgetExhausted, ModelOutputInvalid, ProviderUnavailable
 from somastack.ledger import Limits, PriceTable, Scope, budget, set_budget
+from somastack.ledger.hold import Direct
 from somastack.store import Database
 
 PRICES = PriceTable.from_mapping({"tokens_per_1k": 1, "tokens_per_1k:openai": 10})
@@ -39,7 +40,7 @@ async def test_complete_settles_reported_tokens(
     local_llm: LocalProvider, database: Database, tenant: str, db: psycopg.Connection
 ) -> None:
     await set_budget(database, tenant, "session:s", Limits(tokens=10_000))
-    llm = MeteredLLM(local_llm, database, PRICES, Scope(tenant, "a", "s"))
+    llm = MeteredLLM(local_llm, PRICES, Direct(database, Scope(tenant, "a", "s")))
     request = ask("Name a colour.", max_tokens=8)
     out = await llm.complete(request)
     assert tokens(db, tenant) == out.usage.total_tokens > 0
@@ -52,7 +53,7 @@ async def test_worst_case_over_budget_refuses_before_the_model_runs(
     local_llm: LocalProvider, database: Database, tenant: str, db: psycopg.Connection
 ) -> None:
     await set_budget(database, tenant, "session:s", Limits(tokens=60))
-    llm = MeteredLLM(local_llm, database, PRICES, Scope(tenant, "a", "s"))
+    llm = MeteredLLM(local_llm, PRICES, Direct(database, Scope(tenant, "a", "s")))
     with pytest.raises(BudgetExhausted) as err:
         await llm.complete(ask("Name a colour.", max_tokens=64))
     assert err.value.field == "tokens" and tokens(db, tenant) == 0
@@ -63,7 +64,7 @@ async def test_invalid_output_is_still_charged(
     local_llm: LocalProvider, database: Database, tenant: str, db: psycopg.Connection
 ) -> None:
     await set_budget(database, tenant, "session:s", Limits(tokens=10_000))
-    llm = MeteredLLM(local_llm, database, PRICES, Scope(tenant, "a", "s"))
+    llm = MeteredLLM(local_llm, PRICES, Direct(database, Scope(tenant, "a", "s")))
     with pytest.raises(ModelOutputInvalid) as err:
         await llm.complete(ask("Capital of France?", json_schema=CITY, max_tokens=3))
     assert err.value.usage_tokens > 0 and tokens(db, tenant) == err.value.usage_tokens
@@ -75,7 +76,7 @@ async def test_streams_settle_on_completion_and_on_abandon(
     local_llm: LocalProvider, database: Database, tenant: str, db: psycopg.Connection
 ) -> None:
     await set_budget(database, tenant, "session:s", Limits(tokens=10_000))
-    llm = MeteredLLM(local_llm, database, PRICES, Scope(tenant, "a", "s"))
+    llm = MeteredLLM(local_llm, PRICES, Direct(database, Scope(tenant, "a", "s")))
     chunks = [c async for c in llm.stream(ask("Say hello.", max_tokens=8))]
     final = chunks[-1].completion
     assert final is not None and tokens(db, tenant) == final.usage.total_tokens
@@ -94,7 +95,7 @@ async def test_unavailable_providers_release_the_hold(
 ) -> None:
     await set_budget(database, tenant, "session:s", Limits(tokens=10_000))
     dead = FallbackChain([OpenAIProvider(f"http://127.0.0.1:{closed_port}/v1", "m", None, 5)])
-    llm = MeteredLLM(dead, database, PRICES, Scope(tenant, "a", "s"))
+    llm = MeteredLLM(dead, PRICES, Direct(database, Scope(tenant, "a", "s")))
     try:
         with pytest.raises(ProviderUnavailable):
             await llm.complete(ask("hi"))

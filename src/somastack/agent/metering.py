@@ -17,8 +17,8 @@ from contextlib import aclosing
 
 from somastack.agent.llm.types import ChatRequest, Completion, LLMProvider, StreamChunk
 from somastack.errors import ModelOutputInvalid
-from somastack.ledger import PriceTable, Reservation, Scope, release, reserve, settle
-from somastack.store import Database
+from somastack.ledger import Amounts, PriceTable
+from somastack.ledger.hold import Account
 
 PER_MESSAGE_TOKENS = 8  # chat-template framing per message
 
@@ -34,28 +34,34 @@ def prompt_token_bound(request: ChatRequest) -> int:
 
 
 class MeteredLLM:
-    """An LLMProvider that charges every call to a ledger scope (tenant, agent, session)."""
+    """An LLMProvider that charges every call to a ledger account (ledger/hold.py): per-call
+    reservations (`Direct`) or a turn's hold (`Hold`)."""
 
-    def __init__(self, provider: LLMProvider, db: Database, prices: PriceTable, scope: Scope
-                 ) -> None:
+    def __init__(self, provider: LLMProvider, prices: PriceTable, account: Account) -> None:
         self.provider = provider
         self.name = provider.name
         self.model = provider.model
-        self.db = db
         self.prices = prices
-        self.scope = scope
+        self.account = account
         members = getattr(provider, "providers", [provider])
         self._names = [p.name for p in members]
         self.provider_ms = 0.0  # time spent in the provider itself (the ledger's work excluded)
 
-    async def _reserve(self, request: ChatRequest) -> Reservation:
-        tokens = prompt_token_bound(request) + request.max_tokens
-        worst = max((self.prices.charge(tokens=tokens, provider=n) for n in self._names),
-                    key=lambda a: a.cost_cents)
-        return await reserve(self.db, self.scope, worst)
+    def worst_case(self, request: ChatRequest) -> Amounts:
+        """What the call can cost at most: the prompt bound plus max_tokens, at the dearest
+        provider of the chain."""
+        return self.dearest(prompt_token_bound(request) + request.max_tokens)
 
-    async def _settle(self, hold: Reservation, tokens: int, provider: str) -> None:
-        await settle(self.db, hold, self.prices.charge(tokens=tokens, provider=provider))
+    def dearest(self, tokens: int) -> Amounts:
+        """`tokens` priced at the dearest provider of the chain."""
+        return max((self.prices.charge(tokens=tokens, provider=n) for n in self._names),
+                   key=lambda a: a.cost_cents)
+
+    async def _reserve(self, request: ChatRequest) -> object:
+        return await self.account.take(self.worst_case(request))
+
+    async def _settle(self, hold: object, tokens: int, provider: str) -> None:
+        await self.account.spend(hold, self.prices.charge(tokens=tokens, provider=provider))
 
     async def complete(self, request: ChatRequest) -> Completion:
         hold = await self._reserve(request)
@@ -68,7 +74,7 @@ class MeteredLLM:
             raise
         except BaseException:
             self.provider_ms += (time.perf_counter() - started) * 1000
-            await release(self.db, hold)
+            await self.account.give_back(hold)
             raise
         self.provider_ms += (time.perf_counter() - started) * 1000
         await self._settle(hold, completion.usage.total_tokens, completion.provider)
@@ -100,7 +106,7 @@ class MeteredLLM:
                 if deltas:
                     await self._settle(hold, prompt_token_bound(request) + deltas, self._names[0])
                 else:
-                    await release(self.db, hold)
+                    await self.account.give_back(hold)
 
     async def aclose(self) -> None:
         await self.provider.aclose()

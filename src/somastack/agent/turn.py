@@ -73,7 +73,8 @@ from somastack.errors import (
     ToolFailed,
 )
 from somastack.governance import audit
-from somastack.ledger import PriceTable, Scope, charge, refund
+from somastack.ledger import Amounts, PriceTable, Scope
+from somastack.ledger.hold import Hold
 from somastack.store import Database
 
 log_ = logging.getLogger("somastack.agent")
@@ -189,7 +190,6 @@ class Runtime:
         self.settings, self.db, self.embedder = settings, db, embedder
         self.prices = PriceTable.from_mapping(settings.price_table)
         self.sandbox = Sandbox(settings)
-        self.budget = LedgerBudget(db, self.prices)
         self._chains: dict[tuple[str, ...], FallbackChain] = {}
         self._registries: dict[tuple[str, tuple[str, ...]], ToolRegistry] = {}
         self.personas: dict[tuple[str, str], Any] = {}  # (tenant, hash) → persona (immutable)
@@ -220,16 +220,21 @@ class Runtime:
         for chain in self._chains.values():
             await chain.aclose()
 
-    async def run(self, spec: TurnSpec, log: EventLog, tally: _Tally | None = None
-                  ) -> AsyncGenerator[dict[str, Any], None]:
+    def hold(self, spec: TurnSpec) -> Hold:
+        """The turn's ledger hold (see ledger/hold.py); `run` opens it, `drive` closes it."""
+        return Hold(self.db, Scope(spec.tenant, spec.persona.name, spec.session_id))
+
+    async def run(self, spec: TurnSpec, log: EventLog, tally: _Tally | None = None,
+                  hold: Hold | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """The turn's events, in order; stored through `log` at every stage boundary."""
         tally = tally or _Tally()
+        hold = hold or self.hold(spec)
         persona = spec.persona
-        scope = Scope(spec.tenant, persona.name, spec.session_id)
         chain = self.chain(persona.providers)
-        llm = MeteredLLM(chain, self.db, self.prices, scope)
+        llm = MeteredLLM(chain, self.prices, hold)
         registry = self.registry(persona.namespace, spec.egress_allow)
         allowed = [t for t in spec.tools if t in registry.names()]
+        hold.open(self._estimate(spec, llm, registry, allowed))  # reserved while recall runs
 
         # 1. recall
         past_task = asyncio.create_task(history(self.db, spec.tenant, spec.session_id,
@@ -273,7 +278,7 @@ class Runtime:
         # 3. tools
         results: list[dict[str, Any]] = []
         broker = ToolBroker(registry, self.db, authorize=_authorizer(spec.authorize),
-                            budget=self.budget, sandbox=self.sandbox,
+                            budget=LedgerBudget(self.db, self.prices, hold), sandbox=self.sandbox,
                             idempotency_ttl_s=self.settings.tool_idempotency_ttl_s)
         ctx = ToolContext(spec.tenant, persona.name, spec.session_id, spec.trace_id,
                           frozenset(allowed))
@@ -343,11 +348,36 @@ class Runtime:
         elif checked["verdict"] == "unsupported":  # never let a made-up answer become evidence
             yield log.add("remember", {"ids": [], "skipped": "the answer failed verification"})
         else:
-            written = await self._remember(spec, scope, answer, checked["verdict"], tally)
+            written = await self._remember(spec, hold, answer, checked["verdict"], tally)
             yield log.add("remember", {"ids": written, "namespace": persona.namespace})
         tally.lap("remember")
         yield log.add("usage", tally.report(self.prices, final.provider))
         log.flush()
+
+    def _estimate(self, spec: TurnSpec, llm: MeteredLLM, registry: ToolRegistry,
+                  allowed: list[str]) -> Amounts:
+        """An estimate of the whole turn's worst case, for its hold: every model call's
+        max_tokens plus a prompt bound, the dearest allowed tool per step, the remembered
+        exchange. A step that needs more extends the hold."""
+        s = self.settings
+        steps = len(spec.calls) or (spec.max_steps if allowed and spec.tool_choice != "none"
+                                    else 0)
+        prompt = (len(spec.persona.system_prompt.encode()) + len(spec.text.encode())
+                  + 5 * EVIDENCE_CHARS) // 2 + 64
+        tokens = self._cap(spec, s.llm_max_tokens) + prompt + steps * RESULT_CHARS // 2
+        if steps and not spec.calls:  # the plan, then each step's arguments
+            tokens += prompt + self._cap(spec, 64 + 32 * steps) + steps * (
+                prompt + self._cap(spec, ARGS_MAX_TOKENS) + 400)
+        tools = [registry.get(t) for t in allowed]
+        worst = llm.dearest(tokens)
+        per_tool = max((self.prices.charge(tool_calls=1, egress_bytes=t.max_egress_bytes,
+                                           storage_bytes=t.max_storage_bytes,
+                                           extra_cents=t.cost_cents) for t in tools),
+                       key=lambda a: a.cost_cents, default=Amounts())
+        memory = (self.prices.charge(storage_bytes=len(spec.text.encode()) + 4 * self._cap(
+            spec, s.llm_max_tokens) + 8) if spec.memory == "readwrite" else Amounts())
+        parts = [worst, memory] + [per_tool] * (steps if tools else 0)
+        return Amounts(*(sum(v) for v in zip(*(p.values() for p in parts), strict=True)))
 
     def _cap(self, spec: TurnSpec, tokens: int) -> int:
         return min(tokens, self.settings.llm_max_tokens, spec.max_tokens or tokens)
@@ -411,14 +441,14 @@ class Runtime:
                                         "error": exc.type})
             yield log.add("error", error_data(exc, fatal=False, call_id=call_id))
 
-    async def _remember(self, spec: TurnSpec, scope: Scope, answer: str, verdict: str,
+    async def _remember(self, spec: TurnSpec, hold: Hold, answer: str, verdict: str,
                         tally: _Tally) -> list[str]:
         content = f"Q: {spec.text}\nA: {answer}"[: self.settings.max_content_bytes // 4]
         size = len(content.encode())
         cost = self.prices.charge(storage_bytes=size)
-        vector = asyncio.create_task(self.embedder.embed([content]))  # while the ledger charges
+        vector = asyncio.create_task(self.embedder.embed([content]))  # while the hold is checked
         try:
-            minute = await charge(self.db, scope, cost)  # exact before it runs: one transaction
+            draw = await hold.take(cost)  # exact before it runs
         finally:
             waited = time.perf_counter()
             embedding = (await vector)[0]
@@ -433,8 +463,9 @@ class Runtime:
                           "verdict": verdict})],
                 max_bytes=self.settings.max_content_bytes)
         except BaseException:
-            await refund(self.db, scope, cost, minute)
+            await hold.give_back(draw)
             raise
+        await hold.spend(draw, cost)
         tally.storage_bytes += size
         return [str(written.id)]
 
@@ -444,11 +475,12 @@ async def drive(runtime: Runtime, spec: TurnSpec, log: EventLog
     """Run the turn and record how it ended: done, error (with a fatal `error` event and the
     usage so far) or cancelled (the consumer went away: the partial turn is kept)."""
     tally = _Tally()
+    hold = runtime.hold(spec)
     provider = spec.persona.providers[0]
     answer: str | None = None
     status, error = "done", None
     try:
-        async with aclosing(runtime.run(spec, log, tally)) as events:
+        async with aclosing(runtime.run(spec, log, tally, hold)) as events:
             async for event in events:
                 if event["type"] == "answer" and event["data"].get("final"):
                     answer = event["data"]["text"]
@@ -458,7 +490,7 @@ async def drive(runtime: Runtime, spec: TurnSpec, log: EventLog
                                       "fatal": True}
         log.add("error", error)
         log.add("usage", tally.report(runtime.prices, provider))
-        await _close(runtime, spec, log, status, answer, error, tally)
+        await _close(runtime, spec, log, status, answer, error, tally, hold)
         raise
     except Exception as exc:
         if not isinstance(exc, SomaError):
@@ -467,12 +499,16 @@ async def drive(runtime: Runtime, spec: TurnSpec, log: EventLog
         status, error = "error", error_data(exc, fatal=True)
         yield log.add("error", error)
         yield log.add("usage", tally.report(runtime.prices, provider))
-    await _close(runtime, spec, log, status, answer, error, tally)
+    await _close(runtime, spec, log, status, answer, error, tally, hold)
 
 
 async def _close(runtime: Runtime, spec: TurnSpec, log: EventLog, status: str,
-                 answer: str | None, error: dict[str, Any] | None, tally: _Tally) -> None:
-    await log.drain()  # events first: a reader that sees the status has every event
+                 answer: str | None, error: dict[str, Any] | None, tally: _Tally,
+                 hold: Hold) -> None:
+    try:  # the ledger first: every spend written, the rest of the hold given back
+        await hold.close()
+    finally:
+        await log.drain()  # events before the status: a reader that sees it has every event
     usage = tally.report(runtime.prices, spec.persona.providers[0])
     await finish_turn(runtime.db, spec.tenant, spec.turn_id, status=status, answer=answer,
                       error=error, usage=usage, fallbacks=tally.fallbacks)

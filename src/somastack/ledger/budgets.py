@@ -135,6 +135,12 @@ _RECORD = (f"INSERT INTO usage_ledger (tenant_id, agent, session, ts_minute, {_C
            + ", ".join(f"{d} = usage_ledger.{d} + EXCLUDED.{d}" for d in DIMENSIONS))
 
 
+# reserved -= what the hold `{held}` (a CTE of one row) gave back; spent += the spent params
+_GIVE_BACK = ", ".join([f"reserved_{d} = b.reserved_{d} - coalesce((SELECT {d} FROM {{held}}), 0)"
+                        for d in DIMENSIONS] + [f"spent_{d} = b.spent_{d} + %(s_{d})s"
+                                                for d in DIMENSIONS])
+
+
 def _params(scope: Scope, *, need: Amounts = Amounts(), reserved: Sequence[int | Decimal] = (),
             spent: Sequence[int | Decimal] = ()) -> dict[str, Any]:
     zeros = Amounts().values()
@@ -173,16 +179,17 @@ async def reserve(db: Database, scope: Scope, need: Amounts) -> Reservation:
 
 
 async def _close(db: Database, reservation: Reservation, actual: Amounts | None) -> None:
-    """Delete the open reservation, give its hold back and (settling) spend and record `actual`;
+    """Delete the open reservation, give back what it still holds (as stored: a hold that was
+    extended or partly spent holds what the row says) and (settling) spend and record `actual`;
     one statement. Conflict if the reservation was already closed."""
     s, spent = reservation.scope, actual.values() if actual is not None else ()
-    params = {**_params(s, reserved=_negated(reservation.amounts), spent=spent),
-              "id": reservation.id}
+    params = {**_params(s, spent=spent), "id": reservation.id}
     record = actual is not None and any(actual.values())
-    sql = ("WITH closed AS (DELETE FROM budget_reservations WHERE id = %(id)s "
-           "AND tenant_id = %(tenant)s RETURNING scopes), "
+    sql = (f"WITH closed AS (DELETE FROM budget_reservations WHERE id = %(id)s "
+           f"AND tenant_id = %(tenant)s RETURNING scopes, {_COLS}), "
            f"{_LOCKED.format(scopes='(SELECT scopes FROM closed)::text[]')}, "
-           f"shifted AS (UPDATE budgets u SET {_SHIFT}, updated_at = now() FROM locked b "
+           f"shifted AS (UPDATE budgets u SET {_GIVE_BACK.format(held='closed')}, "
+           "updated_at = now() FROM locked b "
            "WHERE u.tenant_id = b.tenant_id AND u.scope = b.scope RETURNING u.scope)"
            + (f", recorded AS ({_RECORD.format(guard='EXISTS (SELECT 1 FROM closed)')})"
               if record else "")
@@ -222,6 +229,61 @@ async def charge(db: Database, scope: Scope, actual: Amounts) -> datetime:
             await _lock_covering(conn, scope.tenant, scope.budget_scopes(), actual)
             raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
     return row["minute"]  # type: ignore[no-any-return]
+
+
+async def extend(db: Database, reservation: Reservation, more: Amounts) -> bool:
+    """Hold `more` on an open reservation (one statement); BudgetExhausted, holding nothing more,
+    if a budget cannot cover it. False when the reservation no longer exists (expired)."""
+    params = {**_params(reservation.scope, need=more, reserved=more.values()),
+              "id": reservation.id}
+    sql = ("WITH res AS (SELECT scopes FROM budget_reservations WHERE id = %(id)s "
+           "AND tenant_id = %(tenant)s FOR UPDATE), "
+           f"{_LOCKED.format(scopes='(SELECT scopes FROM res)::text[]')}, "
+           f"refused AS (SELECT scope FROM locked WHERE NOT ({_FITS})), "
+           f"held AS (UPDATE budgets u SET {_SHIFT}, updated_at = now() FROM locked b "
+           "WHERE u.tenant_id = b.tenant_id AND u.scope = b.scope "
+           "AND NOT EXISTS (SELECT 1 FROM refused) RETURNING u.scope), "
+           "grown AS (UPDATE budget_reservations SET created_at = now(), "
+           + ", ".join(f"{d} = {d} + %(n_{d})s" for d in DIMENSIONS)
+           + " WHERE id = %(id)s AND EXISTS (SELECT 1 FROM res) "
+           "AND NOT EXISTS (SELECT 1 FROM refused) RETURNING id) "
+           "SELECT (SELECT count(*) FROM res) AS open, (SELECT count(*) FROM refused) AS refused")
+    scope = reservation.scope
+    async with db.tenant(scope.tenant) as conn:
+        (row,) = await fetch_rows(conn, sql, params)
+        if row["refused"]:
+            await _lock_covering(conn, scope.tenant, scope.budget_scopes(), more)
+            raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
+    return bool(row["open"])
+
+
+async def consume(db: Database, reservation: Reservation, actual: Amounts) -> None:
+    """Spend `actual` out of an open reservation that stays open (one statement): the hold
+    shrinks by as much of `actual` as it still covers, spent grows by all of it (an overrun is
+    recorded, never hidden), and the ledger's minute row records it. A reservation that has
+    expired meanwhile still gets its usage spent and recorded. Refreshes the hold's age."""
+    s = reservation.scope
+    params = {**_params(s, spent=actual.values()), "id": reservation.id}
+    # the reservation row is locked before the budget rows, like every other statement here
+    sql = (f"WITH res AS (SELECT id, {_COLS} FROM budget_reservations WHERE id = %(id)s "
+           "AND tenant_id = %(tenant)s FOR UPDATE), "
+           "took AS (SELECT " + ", ".join(f"least({d}, %(s_{d})s) AS {d}" for d in DIMENSIONS)
+           + " FROM res), "
+           "shrunk AS (UPDATE budget_reservations r SET created_at = now(), "
+           + ", ".join(f"{d} = r.{d} - t.{d}" for d in DIMENSIONS)
+           + " FROM took t WHERE r.id = %(id)s RETURNING r.id), "
+           "locked AS (SELECT * FROM budgets WHERE tenant_id = %(tenant)s "
+           "AND scope = ANY(%(scopes)s) AND (SELECT count(*) FROM res) >= 0 "
+           "ORDER BY scope FOR UPDATE), "
+           f"shifted AS (UPDATE budgets u SET {_GIVE_BACK.format(held='took')}, "
+           "updated_at = now() FROM locked b "
+           "WHERE u.tenant_id = b.tenant_id AND u.scope = b.scope RETURNING u.scope), "
+           f"recorded AS ({_RECORD.format(guard='TRUE')}) "
+           "SELECT (SELECT count(*) FROM shrunk) AS open")
+    if not any(actual.values()):
+        return
+    async with db.tenant(s.tenant) as conn:
+        await fetch_rows(conn, sql, params)
 
 
 async def refund(db: Database, scope: Scope, amounts: Amounts, minute: datetime) -> None:

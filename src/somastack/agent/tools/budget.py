@@ -7,27 +7,37 @@ settled = one call + the tool's cost + the egress and storage it really used.
 from __future__ import annotations
 
 from somastack.agent.tools.registry import ToolContext, ToolDef, ToolOutput
-from somastack.ledger import PriceTable, Reservation, Scope, release, reserve, settle
+from somastack.ledger import PriceTable, Scope
+from somastack.ledger.hold import Account, Direct
 from somastack.store import Database
 
 
 class LedgerBudget:
-    """BudgetHook over `somastack.ledger` budgets (tenant, agent and session scopes)."""
+    """BudgetHook over `somastack.ledger` budgets (tenant, agent and session scopes): each call
+    reserves and settles in the ledger, or draws on `account` (an agent turn's hold)."""
 
-    def __init__(self, db: Database, prices: PriceTable) -> None:
+    def __init__(self, db: Database, prices: PriceTable, account: Account | None = None) -> None:
         self.db = db
         self.prices = prices
+        self.account = account
 
-    async def reserve(self, ctx: ToolContext, tool: ToolDef) -> Reservation:
+    def _account(self, ctx: ToolContext) -> Account:
+        return self.account or Direct(self.db, Scope(ctx.tenant, ctx.agent, ctx.session))
+
+    async def reserve(self, ctx: ToolContext, tool: ToolDef) -> tuple[Account, object]:
         worst = self.prices.charge(tool_calls=1, egress_bytes=tool.max_egress_bytes,
                                    storage_bytes=tool.max_storage_bytes, extra_cents=tool.cost_cents)
-        return await reserve(self.db, Scope(ctx.tenant, ctx.agent, ctx.session), worst)
+        account = self._account(ctx)
+        return account, await account.take(worst)
 
-    async def settle(self, hold: Reservation, tool: ToolDef, output: ToolOutput | None) -> None:
+    async def settle(self, hold: tuple[Account, object], tool: ToolDef,
+                     output: ToolOutput | None) -> None:
         used = self.prices.charge(tool_calls=1, extra_cents=tool.cost_cents,
                                   egress_bytes=output.egress_bytes if output else 0,
                                   storage_bytes=output.storage_bytes if output else 0)
-        await settle(self.db, hold, used)
+        account, draw = hold
+        await account.spend(draw, used)
 
-    async def release(self, hold: Reservation) -> None:
-        await release(self.db, hold)
+    async def release(self, hold: tuple[Account, object]) -> None:
+        account, draw = hold
+        await account.give_back(draw)
