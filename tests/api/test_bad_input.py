@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from tests.conftest import tenant_rows
 
 from somastack import Client
-from tests.conftest import tenant_rows
 
 BIG = "x" * (32 * 1024 + 1)
 ID = "00000000-0000-4000-8000-000000000000"

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from tests.conftest import tenant_rows
 
 from somastack import Client, SomaAPIError
-from tests.conftest import tenant_rows
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from somastack.errors import Conflict, InvalidInput, NotFound
 from somastack.ledger.budgets import fetch_rows
 from somastack.store import Database
+from somastack.store.oneshot import run_one
 
 TERMINAL = ("done", "error", "cancelled")
 TAIL_POLL_S = 0.05
@@ -78,20 +79,20 @@ async def open_turn(db: Database, turn: Turn, idempotency_key: str | None) -> tu
 
     (turn, created). The same key with a different request is a Conflict.
     """
-    async with db.tenant(turn.tenant) as conn:
-        rows = await fetch_rows(
-            conn,
-            "INSERT INTO turns (tenant_id, id, session_id, persona_hash, idempotency_key, "
-            "request_hash, inputs, trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
-            "DO NOTHING RETURNING *",
-            (turn.tenant, turn.id, turn.session_id, turn.persona_hash, idempotency_key,
-             turn.request_hash, Jsonb(turn.inputs), turn.trace_id))
-        if rows:
-            return _turn(rows[0]), True
-        rows = await fetch_rows(
-            conn, "SELECT * FROM turns WHERE tenant_id = %s AND idempotency_key = %s",
-            (turn.tenant, idempotency_key))
+    rows = await run_one(
+        db, turn.tenant,
+        "INSERT INTO turns (tenant_id, id, session_id, persona_hash, idempotency_key, "
+        "request_hash, inputs, trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
+        "DO NOTHING RETURNING *",
+        (turn.tenant, turn.id, turn.session_id, turn.persona_hash, idempotency_key,
+         turn.request_hash, Jsonb(turn.inputs), turn.trace_id))
+    if rows:
+        return _turn(rows[0]), True
+    # the key is taken (a committed turn: the insert waited for any concurrent one)
+    rows = await run_one(db, turn.tenant,
+                         "SELECT * FROM turns WHERE tenant_id = %s AND idempotency_key = %s",
+                         (turn.tenant, idempotency_key))
     first = _turn(rows[0])
     if first.request_hash != turn.request_hash:
         raise Conflict("this Idempotency-Key was used for a different turn request",
@@ -126,23 +127,22 @@ async def list_turns(db: Database, tenant: str, session_id: str | None, limit: i
 async def history(db: Database, tenant: str, session_id: str, limit: int
                   ) -> list[tuple[str, str]]:
     """(input, answer) of the session's last finished turns, oldest first."""
-    async with db.tenant(tenant) as conn:
-        rows = await fetch_rows(
-            conn, "SELECT inputs->>'text' AS text, answer FROM turns WHERE tenant_id = %s "
-                  "AND session_id = %s AND status = 'done' AND answer IS NOT NULL "
-                  "ORDER BY created_at DESC LIMIT %s", (tenant, session_id, limit))
+    rows = await run_one(
+        db, tenant, "SELECT inputs->>'text' AS text, answer FROM turns WHERE tenant_id = %s "
+                    "AND session_id = %s AND status = 'done' AND answer IS NOT NULL "
+                    "ORDER BY created_at DESC LIMIT %s", (tenant, session_id, limit))
     return [(r["text"], r["answer"]) for r in reversed(rows)]
 
 
 async def finish_turn(db: Database, tenant: str, turn_id: str, *, status: str,
                       answer: str | None, error: dict[str, Any] | None,
                       usage: dict[str, Any] | None, fallbacks: list[dict[str, Any]]) -> None:
-    async with db.tenant(tenant) as conn:
-        await conn.execute(
-            "UPDATE turns SET status = %s, answer = %s, error = %s, usage = %s, fallbacks = %s, "
-            "finished_at = now() WHERE tenant_id = %s AND id = %s AND status = 'running'",
-            (status, answer, Jsonb(error) if error else None, Jsonb(usage) if usage else None,
-             Jsonb(fallbacks), tenant, turn_id))
+    await run_one(
+        db, tenant,
+        "UPDATE turns SET status = %s, answer = %s, error = %s, usage = %s, fallbacks = %s, "
+        "finished_at = now() WHERE tenant_id = %s AND id = %s AND status = 'running'",
+        (status, answer, Jsonb(error) if error else None, Jsonb(usage) if usage else None,
+         Jsonb(fallbacks), tenant, turn_id))
 
 
 def event_of(turn_id: str, trace_id: str, seq: int, type_: str, data: Any) -> dict[str, Any]:
@@ -190,10 +190,9 @@ class EventLog:
         for e in pending:
             params += [self.tenant, self.turn_id, int(e["id"].rpartition(":")[2]), e["type"],
                        Jsonb(e["data"])]
-        async with self.db.tenant(self.tenant) as conn:
-            await conn.execute(
-                f"INSERT INTO turn_events (tenant_id, turn_id, seq, type, data) VALUES {values} "
-                "ON CONFLICT DO NOTHING", params)
+        await run_one(self.db, self.tenant,
+                      f"INSERT INTO turn_events (tenant_id, turn_id, seq, type, data) "
+                      f"VALUES {values} ON CONFLICT DO NOTHING", params)
 
 
 async def events_after(db: Database, turn: Turn, after: int) -> list[dict[str, Any]]:

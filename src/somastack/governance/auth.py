@@ -33,7 +33,7 @@ async def authenticate(db: Database, gov: Governance, authorization: str | None)
                               field="Authorization")
     if keys.looks_like_key(credential):
         return await api_key_principal(db, credential)
-    async with db.system() as conn:
+    async with db.pool.connection() as conn:  # reads only: no transaction, one round trip
         return await tokens.authenticate(
             conn, credential, issuer=gov.settings.jwt_issuer,
             constitution_checksum=gov.constitution.checksum,

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from somastack.errors import BudgetExhausted, Conflict, InvalidInput
 from somastack.ledger.usage import DIMENSIONS, Amounts, BudgetState, Limits, Reservation, Scope
 from somastack.store import Database
+from somastack.store.oneshot import run_one
 
 _COLS = ", ".join(DIMENSIONS)
 _SCOPE_PREFIXES = ("agent:", "session:")
@@ -106,6 +107,14 @@ async def _lock_covering(conn: psycopg.AsyncConnection, tenant: str, scopes: lis
             raise refusal
 
 
+async def _explain_refusal(db: Database, scope: Scope, need: Amounts) -> None:
+    """A statement refused `need` (holding nothing): raise BudgetExhausted naming the budget
+    and dimension that cannot cover it (read under lock, so the answer is current)."""
+    async with db.tenant(scope.tenant) as conn:
+        await _lock_covering(conn, scope.tenant, scope.budget_scopes(), need)
+    raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
+
+
 async def _shift(conn: psycopg.AsyncConnection, tenant: str, scopes: list[str],
                  reserved: Sequence[int | Decimal], spent: Sequence[int | Decimal]) -> None:
     """reserved += `reserved`, spent += `spent` on the scope's budget rows (negatives allowed)."""
@@ -141,9 +150,10 @@ _GIVE_BACK = ", ".join([f"reserved_{d} = b.reserved_{d} - coalesce((SELECT {d} F
                                                 for d in DIMENSIONS])
 
 
-def _params(scope: Scope, *, need: Amounts = Amounts(), reserved: Sequence[int | Decimal] = (),
+def _params(scope: Scope, *, need: Amounts | None = None, reserved: Sequence[int | Decimal] = (),
             spent: Sequence[int | Decimal] = ()) -> dict[str, Any]:
     zeros = Amounts().values()
+    need = need or Amounts()
     p: dict[str, Any] = {"tenant": scope.tenant, "agent": scope.agent, "session": scope.session,
                          "scopes": scope.budget_scopes()}
     for d, n, r, sp in zip(DIMENSIONS, need.values(), reserved or zeros, spent or zeros,
@@ -170,11 +180,9 @@ async def reserve(db: Database, scope: Scope, need: Amounts) -> Reservation:
            + ", ".join(f"%(n_{d})s" for d in DIMENSIONS)
            + " WHERE NOT EXISTS (SELECT 1 FROM refused) RETURNING id) "
            "SELECT (SELECT count(*) FROM refused) AS refused")
-    async with db.tenant(scope.tenant) as conn:
-        (row,) = await fetch_rows(conn, sql, params)
-        if row["refused"]:  # nothing was held; say which budget and dimension refused
-            await _lock_covering(conn, scope.tenant, scope.budget_scopes(), need)
-            raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
+    (row,) = await run_one(db, scope.tenant, sql, params)
+    if row["refused"]:  # nothing was held; say which budget and dimension refused
+        await _explain_refusal(db, scope, need)
     return Reservation(rid, scope, need)
 
 
@@ -194,8 +202,7 @@ async def _close(db: Database, reservation: Reservation, actual: Amounts | None)
            + (f", recorded AS ({_RECORD.format(guard='EXISTS (SELECT 1 FROM closed)')})"
               if record else "")
            + " SELECT (SELECT count(*) FROM closed) AS closed")
-    async with db.tenant(s.tenant) as conn:
-        (row,) = await fetch_rows(conn, sql, params)
+    (row,) = await run_one(db, s.tenant, sql, params)
     if not row["closed"]:
         raise Conflict("reservation already settled, released or expired", field="reservation")
 
@@ -223,11 +230,9 @@ async def charge(db: Database, scope: Scope, actual: Amounts) -> datetime:
            f"recorded AS ({_RECORD.format(guard='NOT EXISTS (SELECT 1 FROM refused)')}) "
            "SELECT (SELECT count(*) FROM refused) AS refused, "
            "date_trunc('minute', now()) AS minute")
-    async with db.tenant(scope.tenant) as conn:
-        (row,) = await fetch_rows(conn, sql, params)
-        if row["refused"]:
-            await _lock_covering(conn, scope.tenant, scope.budget_scopes(), actual)
-            raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
+    (row,) = await run_one(db, scope.tenant, sql, params)
+    if row["refused"]:
+        await _explain_refusal(db, scope, actual)
     return row["minute"]  # type: ignore[no-any-return]
 
 
@@ -249,11 +254,9 @@ async def extend(db: Database, reservation: Reservation, more: Amounts) -> bool:
            "AND NOT EXISTS (SELECT 1 FROM refused) RETURNING id) "
            "SELECT (SELECT count(*) FROM res) AS open, (SELECT count(*) FROM refused) AS refused")
     scope = reservation.scope
-    async with db.tenant(scope.tenant) as conn:
-        (row,) = await fetch_rows(conn, sql, params)
-        if row["refused"]:
-            await _lock_covering(conn, scope.tenant, scope.budget_scopes(), more)
-            raise BudgetExhausted("a budget of this scope cannot cover the step", field="budget")
+    (row,) = await run_one(db, scope.tenant, sql, params)
+    if row["refused"]:
+        await _explain_refusal(db, scope, more)
     return bool(row["open"])
 
 
@@ -282,8 +285,7 @@ async def consume(db: Database, reservation: Reservation, actual: Amounts) -> No
            "SELECT (SELECT count(*) FROM shrunk) AS open")
     if not any(actual.values()):
         return
-    async with db.tenant(s.tenant) as conn:
-        await fetch_rows(conn, sql, params)
+    await run_one(db, s.tenant, sql, params)
 
 
 async def refund(db: Database, scope: Scope, amounts: Amounts, minute: datetime) -> None:
