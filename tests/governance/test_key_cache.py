@@ -84,3 +84,40 @@ def test_an_unannounced_change_is_seen_after_the_ttl(server: str, admin: Client,
         time.sleep(CACHE_TTL_S + 0.2)
         resp = c.http.get("/v1/memory")
         assert resp.status_code == 401 and "disabled" in resp.text
+
+
+async def revoke_token_elsewhere(url: str, tenant: str, jti: str) -> None:
+    """What another API process does to revoke a session token (POST /v1/session/revoke)."""
+    async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
+        async with conn.transaction():
+            await conn.execute("UPDATE session_tokens SET revoked_at = now() WHERE jti = %s",
+                               (jti,))
+            await audit.append(conn, audit.AuditEvent(
+                actor="key:elsewhere", tenant_id=tenant, action="session.revoke",
+                resource=f"token:{jti}", decision="allow"))
+
+
+def test_session_tokens_are_remembered_and_forgotten_when_revoked_elsewhere(
+        server: str, admin: Client, database_url: str) -> None:
+    tenant = new_tenant(admin)
+    with Client(server, api_key=key(admin, tenant, "admin")) as owner:
+        persona = owner.create_persona("p", "Be brief.", tools=[], namespace="n")
+        token = owner.mint_session(persona["hash"], memory="read")
+    auth = {"Authorization": f"Bearer {token['jwt']}"}
+    with Client(server) as c:
+        assert c.http.get("/v1/turns", headers=auth).status_code == 200  # verified, remembered
+        asyncio.run(revoke_token_elsewhere(database_url, tenant, token["jti"]))
+        deadline = time.monotonic() + 1.0  # the TTL is 5 s: only the announcement is this quick
+        while ((resp := c.http.get("/v1/turns", headers=auth)).status_code == 200
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        assert resp.status_code == 401 and "revoked" in resp.text
+
+
+def test_a_token_announcement_forgets_only_that_token() -> None:
+    cache = VerifiedKeys()
+    for key_id, jti in (("jwt:a", "j1"), ("jwt:b", "j2")):
+        cache.put(key_id, "h", Principal(tenant_id="t1", actor=f"token:{jti}", kind="session",
+                                         scopes=frozenset()), cache.epoch)
+    cache.on_change('{"action": "session.revoke", "tenant_id": "t1", "resource": "token:j1"}')
+    assert [cache.get(k, "h") is not None for k in ("jwt:a", "jwt:b")] == [False, True]

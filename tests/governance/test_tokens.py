@@ -108,6 +108,7 @@ def test_expired_and_revoked_tokens_are_refused(server: str, owner: Client,
                                                 make_client: Callable[[str | None], Client],
                                                 db: psycopg.Connection) -> None:
     short = mint(owner, ttl_s=1)
+    assert refused(server, short["jwt"])[0] == 200  # verified and remembered: until it expires
     revoked = mint(owner)
     assert refused(server, revoked["jwt"])[0] == 200
     stranger = make_client(f"tok-{uuid.uuid4().hex[:8]}")

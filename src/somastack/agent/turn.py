@@ -212,7 +212,7 @@ class Runtime:
                 http_fetch_tool(egress_allow, max_bytes=s.http_fetch_max_bytes,
                                 timeout_s=s.http_fetch_timeout_s),
                 *memory_tools(self.db, self.embedder, namespace=namespace,
-                              max_bytes=s.max_content_bytes),
+                              max_bytes=s.max_content_bytes, candidates=s.recall_candidates),
             ])
         return self._registries[key]
 
@@ -243,7 +243,8 @@ class Runtime:
         try:
             if spec.memory != "none":
                 found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
-                    spec.text, namespace=persona.namespace, top_k=5, include_scores=False))
+                    spec.text, namespace=persona.namespace, top_k=5, include_scores=False),
+                    candidates=self.settings.recall_candidates)
                 evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
                              "score": round(float(e.score), 4)} for e in found.evidence]
                 tally.embed_ms += found.timings_ms.get("wait", 0.0)  # the query embedding

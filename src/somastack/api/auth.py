@@ -12,7 +12,7 @@ from somastack.agent import personas
 from somastack.api.deps import State, scoped, trace_id
 from somastack.api.governance_schemas import MintIn, MintOut, RevokeIn
 from somastack.errors import Forbidden, NotFound
-from somastack.governance import audit, signing, tokens
+from somastack.governance import audit, keys, signing, tokens
 from somastack.governance.auth import refuse
 from somastack.governance.principal import ADMIN, PLATFORM_ADMIN, Principal
 from somastack.ledger import Limits, write_budget
@@ -72,6 +72,7 @@ async def revoke(body: RevokeIn, request: Request, s: State, who: Minter) -> Any
         await audit.append(conn, audit.AuditEvent(
             actor=who.actor, tenant_id=who.tenant_id, action="session.revoke",
             resource=f"token:{body.jti}", decision="allow", trace_id=trace_id(request)))
+    keys.VERIFIED.forget(actor=f"token:{body.jti}")  # at once here; other processes are told
     return row
 
 

@@ -71,6 +71,7 @@ async def _set_disabled(tenant_id: str, disabled: bool, request: Request, s: Sta
         row = await tenants.set_disabled(conn, tenant_id, disabled)
         await audit.append(conn, _event(who, request, "tenant.disable" if disabled else "tenant.enable",
                                         f"tenant:{tenant_id}", tenant_id, {}))
+    keys.VERIFIED.forget(tenant_id=tenant_id)  # at once here; other processes are told
     return row
 
 

@@ -25,7 +25,7 @@ from somastack.store import Database, outbox
 
 _LOCK_ID = 0x50A5_A0D1
 GOVERNANCE_CHANNEL = "soma_governance"
-ANNOUNCED = ("key.", "tenant.")  # actions that change what a credential may do
+ANNOUNCED = ("key.", "tenant.", "session.revoke")  # actions that change what a credential may do
 DECISIONS = ("allow", "deny", "error", "info")
 _COLUMNS = "seq, at, tenant_id, actor, action, resource, decision, reasons, trace_id, payload_hash"
 

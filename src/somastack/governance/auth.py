@@ -5,6 +5,9 @@ Each refusal is audited before it is raised, with the reason the caller is told.
 
 from __future__ import annotations
 
+import hashlib
+import time
+
 from somastack.errors import Forbidden, RateLimited, SomaError, Unauthenticated
 from somastack.governance import audit, keys, ratelimit, tokens
 from somastack.governance.principal import Principal
@@ -33,11 +36,30 @@ async def authenticate(db: Database, gov: Governance, authorization: str | None)
                               field="Authorization")
     if keys.looks_like_key(credential):
         return await api_key_principal(db, credential)
+    return await session_principal(db, gov, credential)
+
+
+async def session_principal(db: Database, gov: Governance, token: str) -> Principal:
+    """The session token's principal: remembered like an API key's (keys.VERIFIED, by the
+    token's hash; dropped when the token is revoked or its tenant changes, see VerifiedKeys),
+    with its expiry and constitution checked again on every use; else verified and read."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    cache_id = f"jwt:{digest}"
+    known = keys.VERIFIED.get(cache_id, digest)
+    if known is not None:
+        if (known.claims.get("exp", 0) > time.time()
+                and known.claims.get("cst") == gov.constitution.checksum):
+            return known
+        keys.VERIFIED.drop(cache_id)  # expired, or minted under another constitution: say so
+    db.listen(audit.GOVERNANCE_CHANNEL, keys.VERIFIED.on_change)
+    epoch = keys.VERIFIED.epoch
     async with db.pool.connection() as conn:  # reads only: no transaction, one round trip
-        return await tokens.authenticate(
-            conn, credential, issuer=gov.settings.jwt_issuer,
+        who = await tokens.authenticate(
+            conn, token, issuer=gov.settings.jwt_issuer,
             constitution_checksum=gov.constitution.checksum,
             max_ttl_s=gov.settings.session_ttl_max_s, keys=gov.jwt_keys)
+    keys.VERIFIED.put(cache_id, digest, who, epoch)
+    return who
 
 
 async def api_key_principal(db: Database, credential: str) -> Principal:

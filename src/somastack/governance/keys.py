@@ -136,16 +136,25 @@ class VerifiedKeys:
             self._entries = {k: e for k, e in self._entries.items() if e.until > now}
         self._entries[key_id] = _Verified(secret_hash, principal, now + self.ttl_s)
 
-    def forget(self, *, key_id: str | None = None, tenant_id: str | None = None) -> None:
-        """Drop one key, every key of a tenant, or (neither given) everything."""
+    def forget(self, *, key_id: str | None = None, tenant_id: str | None = None,
+               actor: str | None = None) -> None:
+        """Drop one key, every key of a tenant, the credentials of an actor (a session token's
+        `token:<jti>`), or (none given) everything."""
         self.epoch += 1
-        if key_id is None and tenant_id is None:
+        if key_id is None and tenant_id is None and actor is None:
             self._entries.clear()
         elif key_id is not None:
             self._entries.pop(key_id, None)
+        elif actor is not None:
+            self._entries = {k: e for k, e in self._entries.items()
+                             if e.principal.actor != actor}
         else:
             self._entries = {k: e for k, e in self._entries.items()
                              if e.principal.tenant_id != tenant_id}
+
+    def drop(self, key_id: str) -> None:
+        """Drop one entry that is no longer usable (expired); nothing changed in the database."""
+        self._entries.pop(key_id, None)
 
     def on_change(self, payload: str | None) -> None:
         """A governance announcement (JSON with tenant_id and resource); None = some were missed."""
@@ -154,6 +163,8 @@ class VerifiedKeys:
             self.forget()
         elif str(change.get("resource", "")).startswith("key:"):
             self.forget(key_id=change["resource"].removeprefix("key:"))
+        elif str(change.get("resource", "")).startswith("token:"):  # a session token revoked
+            self.forget(actor=change["resource"])
         else:
             self.forget(tenant_id=change.get("tenant_id"))
 

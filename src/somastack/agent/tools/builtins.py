@@ -117,15 +117,17 @@ def http_fetch_tool(allowed_hosts: Collection[str], *, max_bytes: int, timeout_s
     )
 
 
-def memory_tools(db: Database, embedder: AsyncEmbedder, *, namespace: str, max_bytes: int
-                 ) -> list[ToolDef]:
-    """memory.recall and memory.remember in one namespace (the persona's), for ctx.tenant."""
+def memory_tools(db: Database, embedder: AsyncEmbedder, *, namespace: str, max_bytes: int,
+                 candidates: int = 30) -> list[ToolDef]:
+    """memory.recall and memory.remember in one namespace (the persona's), for ctx.tenant;
+    `candidates` is the size of recall's first-stage lists (SOMA_RECALL_CANDIDATES)."""
 
     async def run_recall(ctx: ToolContext, args: dict[str, Any]
                          ) -> AsyncGenerator[str | ToolOutput, None]:
         found = await recall(db, embedder, ctx.tenant,
                              RecallQuery(args["query"], namespace=namespace,
-                                         top_k=args.get("top_k", 5), include_scores=False))
+                                         top_k=args.get("top_k", 5), include_scores=False),
+                             candidates=candidates)
         yield ToolOutput({"evidence": [
             {"id": str(e.memory["id"]), "content": e.memory["content"], "score": float(e.score)}
             for e in found.evidence]})
