@@ -37,6 +37,13 @@ async def test_steps_draw_on_the_hold_and_close_gives_the_rest_back(
     first = await hold.take(Amounts(tokens=200))
     assert await state(database, tenant) == (0, 500)  # one ledger hold for the run
     await hold.spend(first, Amounts(tokens=120))
+    assert ledger_tokens(db, tenant) == 0  # written when the caller is waiting anyway, or at close
+    hold.flush()
+    for _ in range(100):  # the background writer's
+        if ledger_tokens(db, tenant) == 120:
+            break
+        await asyncio.sleep(0.02)
+    assert ledger_tokens(db, tenant) == 120 and await state(database, tenant) == (120, 380)
     second = await hold.take(Amounts(tokens=300))
     await hold.give_back(second)  # this step did not run
     assert hold.held()["tokens"] == 380

@@ -58,7 +58,9 @@ class MeteredLLM:
                    key=lambda a: a.cost_cents)
 
     async def _reserve(self, request: ChatRequest) -> object:
-        return await self.account.take(self.worst_case(request))
+        draw = await self.account.take(self.worst_case(request))
+        self.account.flush()  # the model is about to run: deferred ledger writes go now
+        return draw
 
     async def _settle(self, hold: object, tokens: int, provider: str) -> None:
         await self.account.spend(hold, self.prices.charge(tokens=tokens, provider=provider))

@@ -8,12 +8,16 @@ it), then `spend` what it really used, or `give_back` the draw if it did not run
 - `Hold` is for a run of steps (an agent turn). `open` reserves an estimate of the whole run in
   one statement; each step's `take` is then checked against what the hold has left, in memory,
   and only when the hold is short is it extended in the ledger (one statement, BudgetExhausted
-  if a budget cannot cover the extension). Each `spend` is written to the ledger right away but
-  off the caller's path, in order, by one background writer: the hold shrinks by the usage, the
-  budgets' spent and the usage ledger's minute row grow by it. `close` waits for those writes and
-  gives back what is left. A budget can never be over-spent: every draw is covered by a ledger
-  hold before the step runs. If the process dies mid-run, the spends already written stay and
-  the rest of the hold is given back when the stale reservation expires.
+  if a budget cannot cover the extension). What steps spend is written to the ledger off the
+  caller's path, in order, by one background writer, whenever the caller says it is waiting
+  anyway (`flush`, called before each model call): the hold shrinks by the usage, the budgets'
+  spent and the usage ledger's minute row grow by it. `close` waits for those writes and
+  settles the rest in one statement: the last usage spent and recorded, what is left of the
+  hold given back. A budget can never be over-spent: every draw is covered by a ledger hold
+  before the step runs (every write refreshes the hold's age, and one step is far shorter than
+  the 15-minute expiry of stale holds). If the process dies mid-run, the usage written so far
+  stays (all but the steps since the last model call) and the rest of the hold is given back
+  when the stale reservation expires.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Protocol
 
-from somastack.errors import BudgetExhausted
+from somastack.errors import BudgetExhausted, Conflict
 from somastack.ledger.budgets import consume, extend, release, reserve, settle
 from somastack.ledger.usage import DIMENSIONS, Amounts, Reservation, Scope
 from somastack.store import Database
@@ -49,6 +53,10 @@ class Account(Protocol):
         """The step did not run: return its draw unused."""
         ...
 
+    def flush(self) -> None:
+        """The caller is about to wait (a model call): a good moment for deferred writes."""
+        ...
+
 
 class Direct:
     """Each step reserves, then settles or releases, in the ledger."""
@@ -67,6 +75,9 @@ class Direct:
         assert isinstance(draw, Reservation)
         await release(self.db, draw)
 
+    def flush(self) -> None:
+        """Nothing is deferred."""
+
 
 def _sub(a: Sequence[int | Decimal], b: Sequence[int | Decimal]) -> Vec:
     return tuple(x - y for x, y in zip(a, b, strict=True))
@@ -83,6 +94,7 @@ class Hold:
         self.db, self.scope = db, scope
         self.reservation: Reservation | None = None
         self._room: Vec = Amounts().values()  # held in the ledger and not drawn by a step
+        self._unwritten: Vec = Amounts().values()  # spent, not yet queued for the ledger
         self._writes: asyncio.Queue[Amounts | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -116,7 +128,7 @@ class Hold:
         return need
 
     async def _grow(self, more: Amounts, need: Amounts) -> None:
-        await self._flushed()  # the hold's own writes first: they free room and refresh it
+        await self._flushed()  # a write that failed is raised here, before holding more
         if self.reservation is not None and await extend(self.db, self.reservation, more):
             self._room = _add(self._room, more.values())
             return
@@ -128,14 +140,17 @@ class Hold:
     async def spend(self, draw: object, actual: Amounts) -> None:
         assert isinstance(draw, Amounts)
         self._room = _add(self._room, _sub(draw.values(), actual.values()))
-        if any(actual.values()):
-            self._write(actual)
+        self._unwritten = _add(self._unwritten, actual.values())
 
     async def give_back(self, draw: object) -> None:
         assert isinstance(draw, Amounts)
         self._room = _add(self._room, draw.values())
 
-    def _write(self, actual: Amounts) -> None:
+    def flush(self) -> None:
+        """Queue what was spent since the last flush for the background writer."""
+        if not any(self._unwritten):
+            return
+        actual, self._unwritten = Amounts(*self._unwritten), Amounts().values()  # type: ignore[arg-type]
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain_writes(), name=f"hold {self.scope}")
         self._writes.put_nowait(actual)
@@ -166,7 +181,9 @@ class Hold:
             raise self._failure
 
     async def close(self) -> None:
-        """Wait for every spend to be written, then give back what the hold has left."""
+        """Wait for the queued writes, then settle in one statement: spend and record what is
+        still unwritten, give back what the hold has left."""
+        last, self._unwritten = Amounts(*self._unwritten), Amounts().values()  # type: ignore[arg-type]
         try:
             if self._opening is not None:
                 await asyncio.shield(self._opening)
@@ -176,9 +193,14 @@ class Hold:
             if self._writer is not None:
                 self._writes.put_nowait(None)
                 self._writer = None
-            if self.reservation is not None:
-                reservation, self.reservation = self.reservation, None
-                await asyncio.shield(release(self.db, reservation))
+            reservation, self.reservation = self.reservation, None
+            if reservation is not None:
+                try:
+                    await asyncio.shield(settle(self.db, reservation, last))
+                except Conflict:  # the hold expired meanwhile: spend the usage all the same
+                    await asyncio.shield(consume(self.db, reservation, last))
+            elif any(last.values()):
+                await asyncio.shield(self._spend_in_ledger(last))
 
     def held(self) -> dict[str, int | Decimal]:
         """What the hold has left, undrawn (for reports and tests)."""
