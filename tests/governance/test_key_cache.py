@@ -8,10 +8,12 @@ import time
 import psycopg
 from psycopg.rows import dict_row
 from tests.governance.test_identity import key, new_tenant
+from tests.governance.test_policy import READ_ONLY
 
 from somastack import Client
-from somastack.governance import audit
+from somastack.governance import audit, policy
 from somastack.governance.keys import CACHE_TTL_S, VerifiedKeys
+from somastack.governance.policy import Overrides
 from somastack.governance.principal import Principal
 
 
@@ -121,3 +123,41 @@ def test_a_token_announcement_forgets_only_that_token() -> None:
                                          scopes=frozenset()), cache.epoch)
     cache.on_change('{"action": "session.revoke", "tenant_id": "t1", "resource": "token:j1"}')
     assert [cache.get(k, "h") is not None for k in ("jwt:a", "jwt:b")] == [False, True]
+
+
+async def set_policy_elsewhere(url: str, tenant: str, module: str) -> None:
+    """What another API process does for PUT /v1/policy: the override and its audit row."""
+    async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
+        async with conn.transaction():
+            await policy.set_override(conn, tenant, module, "key:elsewhere")
+            await audit.append(conn, audit.AuditEvent(
+                actor="key:elsewhere", tenant_id=tenant, action="policy.set",
+                resource=f"policy:{tenant}", decision="allow"))
+
+
+def test_a_policy_override_set_elsewhere_applies_well_within_the_ttl(
+        server: str, admin: Client, database_url: str) -> None:
+    tenant = new_tenant(admin)
+    with Client(server, api_key=key(admin, tenant, "admin")) as c:
+        c.remember("before the override")  # the tenant's (absent) override is now remembered
+        asyncio.run(set_policy_elsewhere(database_url, tenant, READ_ONLY))
+        deadline = time.monotonic() + 1.0  # the TTL is 5 s: only the announcement is this quick
+        while time.monotonic() < deadline:
+            check = c.request("POST", "/v1/policy/check", json={"action": "memory.write"})
+            if not check["allow"]:
+                break
+            time.sleep(0.02)
+        assert check == {"allow": False, "reasons": ["this tenant is read-only"], "error": False}
+
+
+def test_policy_announcements_forget_only_that_tenants_override() -> None:
+    cache = Overrides()
+    cache.put("t1", None, cache.epoch)
+    cache.put("t2", {"module": "m"}, cache.epoch)
+    cache.on_change('{"action": "policy.clear", "tenant_id": "t2", "resource": "policy:t2"}')
+    assert cache.get("t1") is None and cache.get("t2") is not None  # t1: remembered as "none"
+    assert cache.get("t2") is policy._MISSING
+    epoch = cache.epoch
+    cache.on_change(None)
+    cache.put("t1", None, epoch)  # read before the announcement: not stored
+    assert cache.get("t1") is policy._MISSING

@@ -111,10 +111,12 @@ async def test_crash_and_timeout_deny_and_the_evaluator_recovers(fresh_settings:
         with psycopg.connect(fresh_url, autocommit=True) as conn:  # stored before validation existed
             conn.execute("INSERT INTO policy_overrides (tenant_id, module, checksum, updated_by) "
                          "VALUES ('default', %s, 'x', 'test')", (CRASHING,))
+        policy.OVERRIDES.forget()  # a change made behind the API's back is not announced
         crashed = await policy.authorize(fresh_db, pool, active, req)
         assert not crashed.allow and crashed.error and "(crash)" in crashed.reasons[0]
         with psycopg.connect(fresh_url, autocommit=True) as conn:
             conn.execute("DELETE FROM policy_overrides")
+            policy.OVERRIDES.forget()
             assert [r[1] for r in audit_rows(conn, action="policy:memory.write")] == ["allow", "error"]
         fresh = policy.Request(subject=who, action="memory.write", resource={"route": "again"})
         assert (await policy.authorize(fresh_db, pool, active, fresh)).allow  # a new worker took over

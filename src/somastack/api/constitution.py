@@ -77,6 +77,7 @@ async def set_policy(body: PolicyIn, request: Request, s: State, who: TenantAdmi
             actor=who.actor, tenant_id=who.tenant_id, action="policy.set",
             resource=f"policy:{who.tenant_id}", decision="allow", trace_id=trace_id(request),
             payload={"checksum": row["checksum"]}))
+    policy.OVERRIDES.forget(who.tenant_id)  # at once here; other processes are told
     return row
 
 
@@ -88,6 +89,7 @@ async def clear_policy(request: Request, s: State, who: TenantAdmin) -> Response
         await audit.append(conn, audit.AuditEvent(
             actor=who.actor, tenant_id=who.tenant_id, action="policy.clear",
             resource=f"policy:{who.tenant_id}", decision="allow", trace_id=trace_id(request)))
+    policy.OVERRIDES.forget(who.tenant_id)  # at once here; other processes are told
     return Response(status_code=204)
 
 

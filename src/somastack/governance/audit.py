@@ -11,7 +11,7 @@ commit), so that every server process drops what it cached about them at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,9 @@ from somastack.store import Database, outbox
 
 _LOCK_ID = 0x50A5_A0D1
 GOVERNANCE_CHANNEL = "soma_governance"
-ANNOUNCED = ("key.", "tenant.", "session.revoke")  # actions that change what a credential may do
+# actions that change what a credential may do or what the policy decides
+ANNOUNCED = ("key.", "tenant.", "session.revoke", "policy.")
+_WATCHERS: list[Callable[[str | None], None]] = []
 DECISIONS = ("allow", "deny", "error", "info")
 _COLUMNS = "seq, at, tenant_id, actor, action, resource, decision, reasons, trace_id, payload_hash"
 
@@ -98,6 +100,23 @@ async def append(conn: psycopg.AsyncConnection, event: AuditEvent) -> dict[str, 
         await conn.execute("SELECT pg_notify(%s, %s)", (GOVERNANCE_CHANNEL, json.dumps(
             {"action": event.action, "tenant_id": event.tenant_id, "resource": event.resource})))
     return row
+
+
+def watch(on_change: Callable[[str | None], None]) -> None:
+    """Call on_change(payload) for every governance announcement this process hears (see
+    `listen`): JSON with action, tenant_id and resource; None when some may have been missed."""
+    if on_change not in _WATCHERS:
+        _WATCHERS.append(on_change)
+
+
+def listen(db: Database) -> None:
+    """Start hearing governance announcements (NOTIFY on GOVERNANCE_CHANNEL); idempotent."""
+    db.listen(GOVERNANCE_CHANNEL, _announce)
+
+
+def _announce(payload: str | None) -> None:
+    for on_change in list(_WATCHERS):
+        on_change(payload)
 
 
 async def record(db: Database, event: AuditEvent) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from somastack.governance.principal import Principal
 from somastack.governance.runtime import Governance
 from somastack.store import Database
 
+audit.watch(keys.VERIFIED.on_change)
+
 
 async def refuse(db: Database, error: SomaError, *, actor: str, tenant_id: str | None, action: str,
                  resource: str, trace_id: str | None) -> SomaError:
@@ -51,7 +53,7 @@ async def session_principal(db: Database, gov: Governance, token: str) -> Princi
                 and known.claims.get("cst") == gov.constitution.checksum):
             return known
         keys.VERIFIED.drop(cache_id)  # expired, or minted under another constitution: say so
-    db.listen(audit.GOVERNANCE_CHANNEL, keys.VERIFIED.on_change)
+    audit.listen(db)
     epoch = keys.VERIFIED.epoch
     async with db.pool.connection() as conn:  # reads only: no transaction, one round trip
         who = await tokens.authenticate(
@@ -68,7 +70,7 @@ async def api_key_principal(db: Database, credential: str) -> Principal:
     known = keys.VERIFIED.get(key_id, secret_hash)
     if known is not None:
         return known
-    db.listen(audit.GOVERNANCE_CHANNEL, keys.VERIFIED.on_change)
+    audit.listen(db)
     epoch = keys.VERIFIED.epoch
     async with db.system() as conn:
         who = await keys.authenticate(conn, credential)

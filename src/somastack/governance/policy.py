@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +21,7 @@ import psycopg
 from somastack.governance import audit
 from somastack.governance.canonical import sha3_512_hex
 from somastack.governance.constitution import Active
+from somastack.governance.keys import CACHE_TTL_S
 from somastack.governance.principal import Principal
 from somastack.governance.rego_worker import RegoFailure, RegoPool
 from somastack.store import Database
@@ -34,6 +36,7 @@ _TEST_RE = re.compile(r"^(test_\w+)\s", re.MULTILINE)
 _IMPURE_RE = re.compile(r"\b(time\.|rand\.|uuid\.|http\.send|opa\.runtime|net\.)")
 _CONTEXT_RE = re.compile(r"\.context\b")  # a policy that reads input.context (per-request data)
 DECISION_CACHE_SIZE = 4096
+OVERRIDE_CACHE_SIZE = 10_000
 _decisions: dict[int, OrderedDict[str, Decision]] = {}  # per evaluator pool
 
 
@@ -88,6 +91,68 @@ async def check_override(pool: RegoPool, module: str) -> None:
             raise ValueError(f"the module does not compile: {exc}") from exc
 
 
+_MISSING = object()
+
+
+class Overrides:
+    """Tenants' policy overrides read in the last `ttl_s` seconds (a tenant without one is
+    remembered as None), under the contract of keys.VerifiedKeys: an entry is dropped at once
+    when the override is set or cleared in this process, a few milliseconds after the commit
+    elsewhere (audit announces `policy.*`), and `ttl_s` after it was read at the latest; a read
+    that started before an announcement is not stored."""
+
+    def __init__(self, ttl_s: float = CACHE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self.epoch = 0
+        self._entries: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    def get(self, tenant_id: str) -> Any:
+        """The override (None: the tenant has none), or _MISSING when not remembered."""
+        entry = self._entries.get(tenant_id)
+        if entry is None or entry[0] <= time.monotonic():
+            return _MISSING
+        return entry[1]
+
+    def put(self, tenant_id: str, row: dict[str, Any] | None, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        now = time.monotonic()
+        if len(self._entries) >= OVERRIDE_CACHE_SIZE:
+            self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
+        self._entries[tenant_id] = (now + self.ttl_s, row)
+
+    def forget(self, tenant_id: str | None = None) -> None:
+        self.epoch += 1
+        if tenant_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(tenant_id, None)
+
+    def on_change(self, payload: str | None) -> None:
+        change = json.loads(payload) if payload else None
+        if not isinstance(change, dict):
+            self.forget()
+        elif str(change.get("action", "")).startswith("policy."):
+            self.forget(str(change.get("tenant_id")))
+
+
+OVERRIDES = Overrides()
+audit.watch(OVERRIDES.on_change)
+
+
+async def current_override(db: Database, tenant_id: str) -> dict[str, Any] | None:
+    """The tenant's override, remembered for a few seconds (see Overrides)."""
+    known = OVERRIDES.get(tenant_id)
+    if known is not _MISSING:
+        return known  # type: ignore[no-any-return]
+    audit.listen(db)
+    epoch = OVERRIDES.epoch
+    async with db.pool.connection() as conn:  # one read: no transaction, one round trip
+        row = await get_override(conn, tenant_id)
+    OVERRIDES.put(tenant_id, row, epoch)
+    return row
+
+
 async def get_override(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
     cur = await conn.execute(
         "SELECT tenant_id, module, checksum, updated_by, updated_at FROM policy_overrides "
@@ -122,8 +187,7 @@ def _decision(value: Any) -> Decision:
 
 async def authorize(db: Database, pool: RegoPool, constitution: Active, req: Request) -> Decision:
     """Evaluate the base policy plus the tenant's override, then audit the decision."""
-    async with db.pool.connection() as conn:  # one read: no transaction, one round trip
-        override = await get_override(conn, req.subject.tenant_id)
+    override = await current_override(db, req.subject.tenant_id)
     modules = base_modules()
     if override is not None:
         modules["tenant.rego"] = override["module"]
