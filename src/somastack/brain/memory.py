@@ -18,6 +18,7 @@ from somastack.brain.embed import AsyncEmbedder
 from somastack.brain.model import LIVE, MEMORY_COLUMNS, MemoryDraft, Written
 from somastack.errors import Conflict, EmbedderMismatch, InvalidInput, NotFound
 from somastack.store import Database, outbox
+from somastack.store.oneshot import pipelined
 
 # One multi-row INSERT per batch: a single statement, so the lexicon triggers run once per batch.
 # (COPY would be faster but is refused on tables with row-level security.)
@@ -122,7 +123,7 @@ async def remember(
     vectors = await _vectors(drafts, embedder, field_prefix, max_bytes)
     for _ in range(3):  # a concurrent writer of the same content/key wins a race: re-read and merge
         try:
-            async with db.tenant(tenant) as conn:
+            async with pipelined(db, tenant) as conn:  # two round trips: read, then write
                 written = await _write(conn, tenant, drafts, vectors, embedder.id)
                 await outbox.emit(conn, tenant_id=tenant, topic="memory.events", type="memory.remembered",
                                   payload={"items": [{"id": str(w.id), "status": w.status}
