@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -154,11 +154,15 @@ class EventLog:
     """The running turn's events: numbered as they happen, written in order, off the turn's
     critical path (`flush` starts a background write; `drain` waits for all of them)."""
 
-    def __init__(self, db: Database, tenant: str, turn_id: str, trace_id: str) -> None:
+    def __init__(self, db: Database, tenant: str, turn_id: str, trace_id: str, *,
+                 after: Awaitable[Any] | None = None) -> None:
+        """`after`: the write of the turn's row, when it runs alongside the turn's start; every
+        event write (and so `drain`) waits for it."""
         self.db, self.tenant, self.turn_id, self.trace_id = db, tenant, turn_id, trace_id
         self.seq = 0
         self._pending: list[dict[str, Any]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Future[Any] | None = (
+            asyncio.ensure_future(after) if after is not None else None)
         self.count_by_type: dict[str, int] = {}
 
     def add(self, type_: str, data: Any) -> dict[str, Any]:
@@ -181,7 +185,7 @@ class EventLog:
         if self._writer is not None:
             await self._writer
 
-    async def _write(self, pending: list[dict[str, Any]], before: asyncio.Task[None] | None
+    async def _write(self, pending: list[dict[str, Any]], before: asyncio.Future[Any] | None
                      ) -> None:
         if before is not None:
             await before

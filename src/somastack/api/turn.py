@@ -235,9 +235,13 @@ async def run_turn(
                  session_id=body.session_id, persona_hash=persona.hash, status="running",
                  inputs=body.inputs.model_dump(), trace_id=trace,
                  request_hash=request_hash(body.model_dump(mode="json")))
-    turn, created = await open_turn(s.db, fresh, idempotency_key)
-    if not created:  # a retry: replay the first run, never run it again
-        return _stream(tail(s.db, turn, 0, timeout_s=TAIL_TIMEOUT_S), turn)
+    opening: asyncio.Future[Any] | None = None
+    if idempotency_key is None:  # nothing to replay: the turn's row is written as it starts
+        turn, opening = fresh, asyncio.ensure_future(open_turn(s.db, fresh, None))
+    else:
+        turn, created = await open_turn(s.db, fresh, idempotency_key)
+        if not created:  # a retry: replay the first run, never run it again
+            return _stream(tail(s.db, turn, 0, timeout_s=TAIL_TIMEOUT_S), turn)
     spec = TurnSpec(
         tenant=who.tenant_id, actor=who.actor, turn_id=turn.id, trace_id=trace,
         session_id=body.session_id, persona=persona, text=body.inputs.text, tools=tools,
@@ -245,7 +249,8 @@ async def run_turn(
         tool_choice=body.tool_choice, tool_rate=_tool_rate(s, body.session_id, claims),
         egress_allow=_egress(s), max_tokens=body.max_tokens,
         calls=[c.model_dump() for c in body.inputs.tool_calls])
-    return _stream(_live(rt, spec, EventLog(s.db, who.tenant_id, turn.id, trace)), turn)
+    return _stream(_live(rt, spec, EventLog(s.db, who.tenant_id, turn.id, trace, after=opening)),
+                   turn)
 
 
 async def _persona(rt: Runtime, db: Database, tenant: str, ref: str) -> Persona:
