@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 
 import httpx
-import onnx
 import numpy as np
+import onnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays

@@ -247,17 +247,22 @@ class Candidates:
         return [(i, at[r["next_id"]]) for i, r in enumerate(self.rows) if r["next_id"] in at]
 
 
-async def fetch(conn: psycopg.AsyncConnection, tenant: str, q: RecallQuery, qvec: np.ndarray,
-                plan: LexicalPlan, speakers: list[str], embedder_id: str, n: int,
-                neighbours: bool = True) -> Candidates:
-    """Run the candidate query and unpack its rows into arrays."""
+async def send(conn: psycopg.AsyncConnection, tenant: str, q: RecallQuery, qvec: np.ndarray,
+               plan: LexicalPlan, embedder_id: str, n: int, neighbours: bool = True
+               ) -> psycopg.AsyncCursor[Any]:
+    """Issue the candidate query; its rows are read with `unpack` (in a pipeline: once sent)."""
     params: dict[str, Any] = {"tenant": tenant, "embedder": embedder_id, "qvec": qvec, "n": n,
                               "tsq": plan.tsquery, "lexemes": plan.lexemes, "idf": plan.idf,
                               "avgdl": plan.avgdl, "scored": plan.max_scored}
     where = filters_sql(q, params)
     if n > 50:  # the pool's connections search 50 wide (store.database)
         await conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(n),))
-    cur = await conn.execute(candidate_sql(len(qvec), where, neighbours), params, binary=True)
+    return await conn.execute(candidate_sql(len(qvec), where, neighbours), params, binary=True)
+
+
+async def unpack(cur: psycopg.AsyncCursor[Any], qvec: np.ndarray, speakers: list[str]
+                 ) -> Candidates:
+    """The candidate query's rows as arrays."""
     rows = await cur.fetchall()
     dims = len(qvec)
     if not rows:

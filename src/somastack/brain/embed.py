@@ -68,9 +68,11 @@ def int8_matmuls(model: bytes) -> bytes:
     nodes, replaced = [], set()
     for n in g.node:
         mul = made_by.get(n.input[1]) if n.op_type == "MatMul" else None
-        cast = made_by.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
-        if (cast is None or cast.op_type != "Cast" or cast.input[0] not in init
-                or mul.input[1] not in init or uses[n.input[1]] != 1):
+        if mul is None or mul.op_type != "Mul" or uses[n.input[1]] != 1 or mul.input[1] not in init:
+            nodes.append(n)
+            continue
+        cast = made_by.get(mul.input[0])
+        if cast is None or cast.op_type != "Cast" or cast.input[0] not in init:
             nodes.append(n)
             continue
         w_q = numpy_helper.to_array(init[cast.input[0]])

@@ -23,10 +23,11 @@ import numpy as np
 from somastack.brain import candidates as cand
 from somastack.brain.candidates import Candidates
 from somastack.brain.embed import AsyncEmbedder, l2_normalise
-from somastack.brain.graph import diffuse, heat_kernel, knn_adjacency, znorm
+from somastack.brain.graph import diffuse, knn_adjacency, znorm
 from somastack.brain.model import RecallQuery
 from somastack.errors import InvalidInput
 from somastack.store import Database
+from somastack.store.oneshot import pipelined
 
 RECENCY_HALF_LIFE_DAYS = 30.0
 NAME_STRIP_MIX = 3.0  # query vector = normalise(q + 3·q_without_speaker_names)
@@ -132,7 +133,7 @@ def diffusion_term(c: Candidates, score: np.ndarray) -> np.ndarray:
     for i, j in c.chain_pairs():
         if i in pos and j in pos:
             adj[pos[i], pos[j]] = max(adj[pos[i], pos[j]], 1.0)
-    out[top] = diffuse(score[top], heat_kernel(adj, DIFFUSION_BETA)) - score[top]
+    out[top] = diffuse(score[top], adj, DIFFUSION_BETA) - score[top]
     return out
 
 
@@ -218,7 +219,10 @@ async def recall(
     # The query is embedded while its lexical plan is read: neither needs the other.
     embedding = asyncio.ensure_future(_timed(embedder.embed([q.text])))
     try:
-        async with db.tenant(tenant, rls=False) as conn:  # candidates.filters_sql applies the policy
+        # Pipelined: BEGIN and the tenant binding travel with the plan's query, COMMIT with the
+        # candidate query, so a recall waits on PostgreSQL twice. candidates.filters_sql applies
+        # the row-level-security policy's predicate itself (see Database.tenant, rls=False).
+        async with pipelined(db, tenant, rls=False) as conn:
             plan, speakers = await cand.query_context(conn, tenant, q.namespace, q.text)
             t1 = time.perf_counter()
             vecs, embed_s = await embedding
@@ -228,10 +232,11 @@ async def recall(
                 vecs, embed_s = np.concatenate([vecs, stripped]), embed_s + more_s
             qvec = query_vector(vecs)
             t2 = time.perf_counter()
-            c = await cand.fetch(conn, tenant, q, qvec, plan, speakers, embedder.id,
-                                 max(candidates, q.top_k), neighbours="neighbours" not in switches)
+            sent = await cand.send(conn, tenant, q, qvec, plan, embedder.id,
+                                   max(candidates, q.top_k), neighbours="neighbours" not in switches)
     finally:
         embedding.cancel()  # only matters when the plan failed: nobody waits for it then
+    c = await cand.unpack(sent, qvec, speakers)
     t3 = time.perf_counter()
     total, terms = score(c, theta, q.text, switches) if len(c) else (np.zeros(0), {})
     top = np.argsort(-total, kind="stable")[: q.top_k]
