@@ -2,7 +2,9 @@
 
 `Runtime` holds what lives as long as the server (provider chains, tool registries, prices,
 the sandbox); `Runtime.run(spec)` is an async generator of the turn's events, each already
-numbered and queued for storage in its EventLog. Stages:
+numbered and queued for storage in its EventLog. The events and the ledger's usage are written
+in the background whenever the turn starts waiting on a model or a tool, and the rest when it
+closes, before its status is recorded. Stages:
 
 1. **recall** — when the session may read memory, the persona's namespace is searched for the
    input; the evidence ids (and texts) go into the event and into the prompts.
@@ -252,7 +254,6 @@ class Runtime:
             past = await past_task
         yield log.add("recall", {"namespace": persona.namespace,
                                  "ids": [e["id"] for e in evidence], "evidence": evidence})
-        log.flush()
 
         tally.lap("recall")
         # 2. plan
@@ -260,6 +261,7 @@ class Runtime:
         plan_error: ModelOutputInvalid | None = None
         if not steps and allowed and spec.tool_choice != "none" and spec.max_steps > 0:
             try:
+                _waiting(log, hold)
                 plan = await self._model(llm, tally, ChatRequest(
                     messages=_plan_messages(persona, spec.text, registry, allowed, evidence),
                     json_schema=plan_schema(allowed, spec.max_steps,
@@ -273,7 +275,6 @@ class Runtime:
                                "providers": persona.providers})
         if plan_error is not None:
             yield log.add("error", error_data(plan_error, fatal=False, stage="plan"))
-        log.flush()
 
         tally.lap("plan")
         # 3. tools
@@ -290,6 +291,7 @@ class Runtime:
                 args = spec.calls[i]["arguments"]
             else:
                 try:
+                    _waiting(log, hold)
                     call = await self._model(llm, tally, ChatRequest(
                         messages=_args_messages(tool, spec.text, evidence, results),
                         tools=[tool.spec()], tool_choice="required",
@@ -303,10 +305,10 @@ class Runtime:
                 args = call.tool_calls[0].arguments
             yield log.add("tool.call", {"call_id": call_id, "tool": tool.name, "arguments": args,
                                         "step": i + 1})
+            _waiting(log, hold)
             async for event in self._tool(broker, ctx, spec, tool, args, call_id, log, tally,
                                           results):
                 yield event
-            log.flush()
 
         tally.lap("tools")
         # 4. answer (streamed), 5. verify, then the final answer
@@ -317,6 +319,7 @@ class Runtime:
         # until the stream ends, count what the ledger would charge an abandoned stream
         tally.streaming = prompt_token_bound(request)
         before = llm.provider_ms
+        _waiting(log, hold)
         try:
             async with aclosing(llm.stream(request)) as chunks:
                 async for chunk in chunks:
@@ -340,7 +343,6 @@ class Runtime:
         yield log.add("answer", {"final": True, "text": answer, "verdict": checked["verdict"],
                                  "citations": checked["citations"], "provider": final.provider,
                                  "model": final.model, "fallbacks": tally.fallbacks})
-        log.flush()
 
         tally.lap("answer")
         # 6. remember
@@ -353,7 +355,7 @@ class Runtime:
             yield log.add("remember", {"ids": written, "namespace": persona.namespace})
         tally.lap("remember")
         yield log.add("usage", tally.report(self.prices, final.provider))
-        log.flush()
+        # the rest of the events and the ledger are written when the turn closes (see drive)
 
     def _estimate(self, spec: TurnSpec, llm: MeteredLLM, registry: ToolRegistry,
                   allowed: list[str]) -> Amounts:
@@ -518,6 +520,13 @@ async def _close(runtime: Runtime, spec: TurnSpec, log: EventLog, status: str,
         decision="allow", trace_id=spec.trace_id, reasons=[error["detail"]] if error else [],
         payload={"status": status, "session_id": spec.session_id,
                  "persona_hash": spec.persona.hash, "events": log.seq, "usage": usage}))
+
+
+def _waiting(log: EventLog, hold: Hold) -> None:
+    """The turn is about to wait on a model or a tool: the moment to start its deferred writes
+    (the events so far, the ledger's usage) in the background, off the turn's own work."""
+    log.flush()
+    hold.flush()
 
 
 def _authorizer(authorize: AuthorizeTool) -> Any:

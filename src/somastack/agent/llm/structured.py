@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -17,15 +18,30 @@ from jsonschema.exceptions import SchemaError
 from somastack.agent.llm.types import ChatRequest, ToolCall, ToolSpec
 from somastack.errors import InvalidInput, ModelOutputInvalid
 
+_VALID: OrderedDict[str, None] = OrderedDict()  # schemas already checked, as canonical JSON
+_VALID_MAX = 1024
+
 
 def check_schema(schema: dict[str, Any], field: str) -> None:
-    """Raise InvalidInput (naming `field`) when `schema` is not a valid JSON Schema."""
+    """Raise InvalidInput (naming `field`) when `schema` is not a valid JSON Schema. A turn asks
+    with the same few schemas again and again, and checking one against the meta-schema costs a
+    millisecond or two, so the valid ones are remembered."""
     if not isinstance(schema, dict):
         raise InvalidInput("must be a JSON Schema object", field=field)
+    try:
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("must be a JSON Schema object (plain JSON)", field=field) from exc
+    if key in _VALID:
+        _VALID.move_to_end(key)
+        return
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise InvalidInput(f"not a valid JSON Schema: {exc.message}", field=field) from exc
+    _VALID[key] = None
+    while len(_VALID) > _VALID_MAX:
+        _VALID.popitem(last=False)
 
 
 def check_request(request: ChatRequest) -> None:
