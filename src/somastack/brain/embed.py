@@ -121,8 +121,11 @@ class MiniLMEmbedder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # The fused SkipLayerNormalization kernel took 2.2 ms of a 14 ms run (8 queries); the
+        # Add and LayerNormalization it replaces take 0.6 ms.
         self._session = ort.InferenceSession(int8_matmuls(model), opts,
-                                             providers=["CPUExecutionProvider"])
+                                             providers=["CPUExecutionProvider"],
+                                             disabled_optimizers=["SkipLayerNormFusion"])
         tok_file = resources.files("somastack") / "models" / "all-MiniLM-L6-v2" / "tokenizer.json"
         self._tokenizer = Tokenizer.from_str(tok_file.read_text())
         self._tokenizer.enable_truncation(MAX_TOKENS)
