@@ -228,7 +228,7 @@ class Runtime:
 
     async def run(self, spec: TurnSpec, log: EventLog, tally: _Tally | None = None,
                   hold: Hold | None = None) -> AsyncGenerator[dict[str, Any], None]:
-        """The turn's events, in order; stored through `log` at every stage boundary."""
+        """The turn's events, in order, each added to `log` (which stores them)."""
         tally = tally or _Tally()
         hold = hold or self.hold(spec)
         persona = spec.persona
@@ -239,22 +239,34 @@ class Runtime:
         hold.open(self._estimate(spec, llm, registry, allowed))  # reserved while recall runs
 
         # 1. recall
-        past_task = asyncio.create_task(history(self.db, spec.tenant, spec.session_id,
-                                                HISTORY_TURNS))
         evidence: list[dict[str, Any]] = []
-        try:
-            if spec.memory != "none":
-                found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
-                    spec.text, namespace=persona.namespace, top_k=5, include_scores=False),
-                    candidates=self.settings.recall_candidates)
-                evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
-                             "score": round(float(e.score), 4)} for e in found.evidence]
-                tally.embed_ms += found.timings_ms.get("wait", 0.0)  # the query embedding
-        finally:
-            past = await past_task
+        if spec.memory != "none":
+            found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
+                spec.text, namespace=persona.namespace, top_k=5, include_scores=False),
+                candidates=self.settings.recall_candidates)
+            evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
+                         "score": round(float(e.score), 4)} for e in found.evidence]
+            tally.embed_ms += found.timings_ms.get("wait", 0.0)  # the query embedding
         yield log.add("recall", {"namespace": persona.namespace,
                                  "ids": [e["id"] for e in evidence], "evidence": evidence})
+        # the session's last turns are only needed by the answer: read while the next steps wait
+        past_task = asyncio.create_task(history(self.db, spec.tenant, spec.session_id,
+                                                HISTORY_TURNS))
+        try:
+            async with aclosing(self._steps(spec, log, tally, hold, llm, registry, allowed,
+                                            evidence, past_task)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            if not past_task.done():
+                past_task.cancel()
 
+    async def _steps(self, spec: TurnSpec, log: EventLog, tally: _Tally, hold: Hold,
+                     llm: MeteredLLM, registry: ToolRegistry, allowed: list[str],
+                     evidence: list[dict[str, Any]], past_task: asyncio.Task[Any]
+                     ) -> AsyncGenerator[dict[str, Any], None]:
+        """Plan, tools, answer, verify, remember, usage (the turn after its recall)."""
+        persona = spec.persona
         tally.lap("recall")
         # 2. plan
         steps: list[dict[str, Any]] = [{"tool": c["tool"]} for c in spec.calls]
@@ -314,6 +326,7 @@ class Runtime:
         # 4. answer (streamed), 5. verify, then the final answer
         parts: list[str] = []
         final: Completion | None = None
+        past = await past_task
         request = ChatRequest(messages=_answer_messages(persona, spec.text, evidence, results, past),
                               max_tokens=self._cap(spec, self.settings.llm_max_tokens))
         # until the stream ends, count what the ledger would charge an abandoned stream

@@ -156,13 +156,13 @@ class EventLog:
 
     def __init__(self, db: Database, tenant: str, turn_id: str, trace_id: str, *,
                  after: Awaitable[Any] | None = None) -> None:
-        """`after`: the write of the turn's row, when it runs alongside the turn's start; every
-        event write (and so `drain`) waits for it."""
+        """`after`: the write of the turn's row, when it is left to the log; it starts with the
+        first flush, and every event write (and so `drain`) waits for it."""
         self.db, self.tenant, self.turn_id, self.trace_id = db, tenant, turn_id, trace_id
         self.seq = 0
         self._pending: list[dict[str, Any]] = []
-        self._writer: asyncio.Future[Any] | None = (
-            asyncio.ensure_future(after) if after is not None else None)
+        self._after = after
+        self._writer: asyncio.Future[Any] | None = None
         self.count_by_type: dict[str, int] = {}
 
     def add(self, type_: str, data: Any) -> dict[str, Any]:
@@ -174,6 +174,8 @@ class EventLog:
 
     def flush(self) -> None:
         """Write the pending events in the background, after every earlier write."""
+        if self._after is not None:
+            self._writer, self._after = asyncio.ensure_future(self._after), None
         if not self._pending:
             return
         pending, self._pending = self._pending, []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -235,9 +235,9 @@ async def run_turn(
                  session_id=body.session_id, persona_hash=persona.hash, status="running",
                  inputs=body.inputs.model_dump(), trace_id=trace,
                  request_hash=request_hash(body.model_dump(mode="json")))
-    opening: asyncio.Future[Any] | None = None
-    if idempotency_key is None:  # nothing to replay: the turn's row is written as it starts
-        turn, opening = fresh, asyncio.ensure_future(open_turn(s.db, fresh, None))
+    opening: Awaitable[Any] | None = None
+    if idempotency_key is None:  # nothing to replay: the row is written with the first events
+        turn, opening = fresh, open_turn(s.db, fresh, None)
     else:
         turn, created = await open_turn(s.db, fresh, idempotency_key)
         if not created:  # a retry: replay the first run, never run it again
