@@ -161,3 +161,31 @@ def test_policy_announcements_forget_only_that_tenants_override() -> None:
     cache.on_change(None)
     cache.put("t1", None, epoch)  # read before the announcement: not stored
     assert cache.get("t1") is policy._MISSING
+
+
+def test_an_entry_in_use_is_due_for_a_background_read_once_past_half_its_ttl() -> None:
+    cache = VerifiedKeys(ttl_s=0.2)
+    cache.put("k1", "h", principal("t1"), cache.epoch)
+    assert not cache.due("k1")  # fresh
+    time.sleep(0.11)
+    assert cache.due("k1") and not cache.due("k1")  # once: one re-read in flight
+    cache.refreshed("k1")
+    cache.put("k1", "h", principal("t1"), cache.epoch)  # what the re-read stores
+    assert not cache.due("k1") and cache.get("k1", "h") is not None
+    assert not cache.due("unknown")
+
+
+def test_a_key_in_steady_use_is_reread_in_the_background_and_a_revocation_still_lands(
+        server: str, admin: Client, database_url: str) -> None:
+    tenant = new_tenant(admin)
+    secret = key(admin, tenant, "memory:read")
+    with Client(server, api_key=secret) as c, psycopg.connect(database_url,
+                                                              autocommit=True) as conn:
+        assert c.http.get("/v1/memory").status_code == 200
+        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s",
+                     (secret.split("_")[1],))  # not announced: only a re-read can see it
+        deadline = time.monotonic() + CACHE_TTL_S + 1.0
+        while ((resp := c.http.get("/v1/memory")).status_code == 200
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        assert resp.status_code == 401 and "revoked" in resp.text

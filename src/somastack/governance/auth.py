@@ -5,8 +5,12 @@ Each refusal is audited before it is raised, with the reason the caller is told.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from somastack.errors import Forbidden, RateLimited, SomaError, Unauthenticated
 from somastack.governance import audit, keys, ratelimit, tokens
@@ -14,6 +18,7 @@ from somastack.governance.principal import Principal
 from somastack.governance.runtime import Governance
 from somastack.store import Database
 
+log = logging.getLogger("somastack.auth")
 audit.watch(keys.VERIFIED.on_change)
 
 
@@ -47,33 +52,70 @@ async def session_principal(db: Database, gov: Governance, token: str) -> Princi
     with its expiry and constitution checked again on every use; else verified and read."""
     digest = hashlib.sha256(token.encode()).hexdigest()
     cache_id = f"jwt:{digest}"
+
+    async def read() -> Principal:
+        async with db.pool.connection() as conn:  # reads only: no transaction, one round trip
+            return await tokens.authenticate(
+                conn, token, issuer=gov.settings.jwt_issuer,
+                constitution_checksum=gov.constitution.checksum,
+                max_ttl_s=gov.settings.session_ttl_max_s, keys=gov.jwt_keys)
+
     known = keys.VERIFIED.get(cache_id, digest)
     if known is not None:
         if (known.claims.get("exp", 0) > time.time()
                 and known.claims.get("cst") == gov.constitution.checksum):
+            if keys.VERIFIED.due(cache_id):
+                in_background(_refresh(cache_id, read, digest))
             return known
         keys.VERIFIED.drop(cache_id)  # expired, or minted under another constitution: say so
     audit.listen(db)
     epoch = keys.VERIFIED.epoch
-    async with db.pool.connection() as conn:  # reads only: no transaction, one round trip
-        who = await tokens.authenticate(
-            conn, token, issuer=gov.settings.jwt_issuer,
-            constitution_checksum=gov.constitution.checksum,
-            max_ttl_s=gov.settings.session_ttl_max_s, keys=gov.jwt_keys)
+    who = await read()
     keys.VERIFIED.put(cache_id, digest, who, epoch)
     return who
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def in_background(work: Awaitable[Any]) -> None:
+    """Run `work` off the request's path (a reference is kept until it ends)."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _refresh(cache_id: str, read: Callable[[], Awaitable[Principal]],
+                   secret_hash: str) -> None:
+    """Read a remembered credential again; a refusal drops it, so the next request reads it
+    itself and is refused (and audited) there."""
+    epoch = keys.VERIFIED.epoch
+    try:
+        keys.VERIFIED.put(cache_id, secret_hash, await read(), epoch)
+    except SomaError:
+        keys.VERIFIED.drop(cache_id)
+    except Exception:  # the database is unreachable: the entry expires as it would have
+        log.warning("refreshing a verified credential failed", exc_info=True)
+    finally:
+        keys.VERIFIED.refreshed(cache_id)
 
 
 async def api_key_principal(db: Database, credential: str) -> Principal:
     """The key's principal: remembered for a few seconds (keys.VerifiedKeys), else read."""
     key_id, secret_hash = keys.parse(credential)
+
+    async def read() -> Principal:
+        async with db.system() as conn:
+            return await keys.authenticate(conn, credential)
+
     known = keys.VERIFIED.get(key_id, secret_hash)
     if known is not None:
+        if keys.VERIFIED.due(key_id):
+            in_background(_refresh(key_id, read, secret_hash))
         return known
     audit.listen(db)
     epoch = keys.VERIFIED.epoch
-    async with db.system() as conn:
-        who = await keys.authenticate(conn, credential)
+    who = await read()
     keys.VERIFIED.put(key_id, secret_hash, who, epoch)
     return who
 

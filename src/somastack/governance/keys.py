@@ -118,6 +118,7 @@ class VerifiedKeys:
         self.ttl_s = ttl_s
         self.epoch = 0  # bumped by every forget
         self._entries: dict[str, _Verified] = {}
+        self._refreshing: set[str] = set()
 
     def get(self, key_id: str, secret_hash: str) -> Principal | None:
         entry = self._entries.get(key_id)
@@ -126,6 +127,21 @@ class VerifiedKeys:
         if not hmac.compare_digest(entry.secret_hash, secret_hash):
             return None
         return entry.principal
+
+    def due(self, key_id: str) -> bool:
+        """True (once per entry) when an entry being served is past half its TTL: the caller
+        then reads it again in the background (and calls `refreshed`), so a credential in steady
+        use is never read on a request's path, and never served from a read older than ttl_s."""
+        entry = self._entries.get(key_id)
+        if entry is None or key_id in self._refreshing:
+            return False
+        if entry.until - time.monotonic() > self.ttl_s / 2:
+            return False
+        self._refreshing.add(key_id)
+        return True
+
+    def refreshed(self, key_id: str) -> None:
+        self._refreshing.discard(key_id)
 
     def put(self, key_id: str, secret_hash: str, principal: Principal, epoch: int) -> None:
         """Remember a principal read while `epoch` was current (ignored if it no longer is)."""

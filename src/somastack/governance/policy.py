@@ -7,8 +7,10 @@ evaluation error or timeout, and audit every decision.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -37,6 +39,7 @@ _IMPURE_RE = re.compile(r"\b(time\.|rand\.|uuid\.|http\.send|opa\.runtime|net\.)
 _CONTEXT_RE = re.compile(r"\.context\b")  # a policy that reads input.context (per-request data)
 DECISION_CACHE_SIZE = 4096
 OVERRIDE_CACHE_SIZE = 10_000
+log = logging.getLogger("somastack.policy")
 _decisions: dict[int, OrderedDict[str, Decision]] = {}  # per evaluator pool
 
 
@@ -105,6 +108,20 @@ class Overrides:
         self.ttl_s = ttl_s
         self.epoch = 0
         self._entries: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._refreshing: set[str] = set()
+
+    def due(self, tenant_id: str) -> bool:
+        """True (once) when a served entry is past half its TTL (see keys.VerifiedKeys.due)."""
+        entry = self._entries.get(tenant_id)
+        if entry is None or tenant_id in self._refreshing:
+            return False
+        if entry[0] - time.monotonic() > self.ttl_s / 2:
+            return False
+        self._refreshing.add(tenant_id)
+        return True
+
+    def refreshed(self, tenant_id: str) -> None:
+        self._refreshing.discard(tenant_id)
 
     def get(self, tenant_id: str) -> Any:
         """The override (None: the tenant has none), or _MISSING when not remembered."""
@@ -144,13 +161,35 @@ async def current_override(db: Database, tenant_id: str) -> dict[str, Any] | Non
     """The tenant's override, remembered for a few seconds (see Overrides)."""
     known = OVERRIDES.get(tenant_id)
     if known is not _MISSING:
+        if OVERRIDES.due(tenant_id):
+            task = asyncio.ensure_future(_reread_override(db, tenant_id))
+            _refreshing.add(task)
+            task.add_done_callback(_refreshing.discard)
         return known  # type: ignore[no-any-return]
     audit.listen(db)
+    return await _read_override(db, tenant_id)
+
+
+async def _read_override(db: Database, tenant_id: str) -> dict[str, Any] | None:
     epoch = OVERRIDES.epoch
     async with db.pool.connection() as conn:  # one read: no transaction, one round trip
         row = await get_override(conn, tenant_id)
     OVERRIDES.put(tenant_id, row, epoch)
     return row
+
+
+_refreshing: set[asyncio.Future[Any]] = set()
+
+
+async def _reread_override(db: Database, tenant_id: str) -> None:
+    """Read a remembered override again in the background, so a tenant in steady use never
+    waits for it (and is never decided on a read older than the TTL)."""
+    try:
+        await _read_override(db, tenant_id)
+    except Exception:  # the database is unreachable: the entry expires as it would have
+        log.warning("refreshing the policy override of %s failed", tenant_id, exc_info=True)
+    finally:
+        OVERRIDES.refreshed(tenant_id)
 
 
 async def get_override(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
