@@ -243,6 +243,8 @@ class Candidates:
 
     def chain_pairs(self) -> list[tuple[int, int]]:
         """(i, j) index pairs of candidates linked on the chain (i → next j)."""
+        if not any(r["next_id"] for r in self.rows):
+            return []
         at = {r["id"]: i for i, r in enumerate(self.rows)}
         return [(i, at[r["next_id"]]) for i, r in enumerate(self.rows) if r["next_id"] in at]
 
