@@ -238,32 +238,32 @@ class Runtime:
         allowed = [t for t in spec.tools if t in registry.names()]
         hold.open(self._estimate(spec, llm, registry, allowed))  # reserved while recall runs
 
-        # 1. recall
-        evidence: list[dict[str, Any]] = []
-        if spec.memory != "none":
-            found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
-                spec.text, namespace=persona.namespace, top_k=5, include_scores=False),
-                candidates=self.settings.recall_candidates)
-            evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
-                         "score": round(float(e.score), 4)} for e in found.evidence]
-            tally.embed_ms += found.timings_ms.get("wait", 0.0)  # the query embedding
-        yield log.add("recall", {"namespace": persona.namespace,
-                                 "ids": [e["id"] for e in evidence], "evidence": evidence})
-        # the session's last turns are only needed by the answer: read while the next steps wait
-        past_task = asyncio.create_task(history(self.db, spec.tenant, spec.session_id,
+        idle = _Idle(log, hold, lambda: history(self.db, spec.tenant, spec.session_id,
                                                 HISTORY_TURNS))
+        if not spec.calls and (not allowed or spec.tool_choice == "none" or not spec.max_steps):
+            idle.history_now()  # no step will wait before the answer needs it: read it now
         try:
+            # 1. recall
+            evidence: list[dict[str, Any]] = []
+            if spec.memory != "none":
+                found = await recall(self.db, self.embedder, spec.tenant, RecallQuery(
+                    spec.text, namespace=persona.namespace, top_k=5, include_scores=False),
+                    candidates=self.settings.recall_candidates)
+                evidence = [{"id": str(e.memory["id"]), "content": e.memory["content"],
+                             "score": round(float(e.score), 4)} for e in found.evidence]
+                tally.embed_ms += found.timings_ms.get("wait", 0.0)  # the query embedding
+            yield log.add("recall", {"namespace": persona.namespace,
+                                     "ids": [e["id"] for e in evidence], "evidence": evidence})
             async with aclosing(self._steps(spec, log, tally, hold, llm, registry, allowed,
-                                            evidence, past_task)) as events:
+                                            evidence, idle)) as events:
                 async for event in events:
                     yield event
         finally:
-            if not past_task.done():
-                past_task.cancel()
+            idle.cancel()
 
     async def _steps(self, spec: TurnSpec, log: EventLog, tally: _Tally, hold: Hold,
                      llm: MeteredLLM, registry: ToolRegistry, allowed: list[str],
-                     evidence: list[dict[str, Any]], past_task: asyncio.Task[Any]
+                     evidence: list[dict[str, Any]], idle: _Idle
                      ) -> AsyncGenerator[dict[str, Any], None]:
         """Plan, tools, answer, verify, remember, usage (the turn after its recall)."""
         persona = spec.persona
@@ -273,7 +273,7 @@ class Runtime:
         plan_error: ModelOutputInvalid | None = None
         if not steps and allowed and spec.tool_choice != "none" and spec.max_steps > 0:
             try:
-                _waiting(log, hold)
+                idle()
                 plan = await self._model(llm, tally, ChatRequest(
                     messages=_plan_messages(persona, spec.text, registry, allowed, evidence),
                     json_schema=plan_schema(allowed, spec.max_steps,
@@ -303,7 +303,7 @@ class Runtime:
                 args = spec.calls[i]["arguments"]
             else:
                 try:
-                    _waiting(log, hold)
+                    idle()
                     call = await self._model(llm, tally, ChatRequest(
                         messages=_args_messages(tool, spec.text, evidence, results),
                         tools=[tool.spec()], tool_choice="required",
@@ -317,22 +317,21 @@ class Runtime:
                 args = call.tool_calls[0].arguments
             yield log.add("tool.call", {"call_id": call_id, "tool": tool.name, "arguments": args,
                                         "step": i + 1})
-            _waiting(log, hold)
             async for event in self._tool(broker, ctx, spec, tool, args, call_id, log, tally,
-                                          results):
+                                          results, idle):
                 yield event
 
         tally.lap("tools")
         # 4. answer (streamed), 5. verify, then the final answer
         parts: list[str] = []
         final: Completion | None = None
-        past = await past_task
+        past = await idle.history()
         request = ChatRequest(messages=_answer_messages(persona, spec.text, evidence, results, past),
                               max_tokens=self._cap(spec, self.settings.llm_max_tokens))
         # until the stream ends, count what the ledger would charge an abandoned stream
         tally.streaming = prompt_token_bound(request)
         before = llm.provider_ms
-        _waiting(log, hold)
+        idle()
         try:
             async with aclosing(llm.stream(request)) as chunks:
                 async for chunk in chunks:
@@ -414,7 +413,8 @@ class Runtime:
 
     async def _tool(self, broker: ToolBroker, ctx: ToolContext, spec: TurnSpec, tool: ToolDef,
                     args: dict[str, Any], call_id: str, log: EventLog, tally: _Tally,
-                    results: list[dict[str, Any]]) -> AsyncGenerator[dict[str, Any], None]:
+                    results: list[dict[str, Any]], idle: _Idle
+                    ) -> AsyncGenerator[dict[str, Any], None]:
         started = time.perf_counter()
         try:
             retry = await spec.tool_rate() if spec.tool_rate is not None else None
@@ -423,7 +423,8 @@ class Runtime:
                                   field="budgets.tools_per_min", retry_after_s=retry)
             # no per-call idempotency key: a turn never runs twice (its Idempotency-Key replays
             # the stored events), so a step cannot be retried into a second run
-            async with aclosing(broker.call(ctx, tool.name, args, call_id=call_id)) as events:
+            async with aclosing(broker.call(ctx, tool.name, args, call_id=call_id,
+                                            on_start=idle)) as events:
                 async for event in events:
                     if isinstance(event, ToolDelta):
                         yield log.add("tool.delta", {"call_id": call_id, "tool": tool.name,
@@ -535,11 +536,34 @@ async def _close(runtime: Runtime, spec: TurnSpec, log: EventLog, status: str,
                  "persona_hash": spec.persona.hash, "events": log.seq, "usage": usage}))
 
 
-def _waiting(log: EventLog, hold: Hold) -> None:
-    """The turn is about to wait on a model or a tool: the moment to start its deferred writes
-    (the events so far, the ledger's usage) in the background, off the turn's own work."""
-    log.flush()
-    hold.flush()
+class _Idle:
+    """Called as the turn starts waiting on a model, or on a tool that passed its gates: the
+    moment to start its deferred work in the background, off the turn's own steps: the events
+    so far and the ledger's usage are written, and (the first time) the session's last turns,
+    which only the answer needs, are read."""
+
+    def __init__(self, log: EventLog, hold: Hold,
+                 read_history: Callable[[], Awaitable[list[tuple[str, str]]]]) -> None:
+        self.log, self.hold, self._read = log, hold, read_history
+        self._past: asyncio.Task[list[tuple[str, str]]] | None = None
+
+    def __call__(self) -> None:
+        self.log.flush()
+        self.hold.flush()
+        self.history_now()
+
+    def history_now(self) -> None:
+        if self._past is None:
+            self._past = asyncio.ensure_future(self._read())
+
+    async def history(self) -> list[tuple[str, str]]:
+        self.history_now()
+        assert self._past is not None
+        return await self._past
+
+    def cancel(self) -> None:
+        if self._past is not None and not self._past.done():
+            self._past.cancel()
 
 
 def _authorizer(authorize: AuthorizeTool) -> Any:

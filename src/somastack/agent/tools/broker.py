@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,8 +108,10 @@ class ToolBroker:
 
     async def call(self, ctx: ToolContext, name: str, args: dict[str, Any], *,
                    call_id: str | None = None, idempotency_key: str | None = None,
+                   on_start: Callable[[], None] | None = None,
                    ) -> AsyncGenerator[ToolEvent, None]:
-        """Run one tool call through every gate; yield its deltas, then one ToolDone."""
+        """Run one tool call through every gate; yield its deltas, then one ToolDone.
+        `on_start` is called when the gates have passed and the tool starts running."""
         call_id = call_id or f"tc_{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
         tool = await self._admit(ctx, name, args)
@@ -125,6 +127,8 @@ class ToolBroker:
             await calls.admit(self.db, ctx.tenant, name, tool.rate_limit_per_min)
             hold = await self.budget.reserve(ctx, tool)
             ran = True
+            if on_start is not None:
+                on_start()
             run_started = time.monotonic()
             async with aclosing(self._execute(ctx, tool, args)) as items:
                 async for item in items:
