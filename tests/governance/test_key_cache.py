@@ -51,14 +51,21 @@ def test_announcements_forget_the_key_or_the_whole_tenant() -> None:
     assert cache.get("k1", "h") is None
 
 
-async def revoke_elsewhere(url: str, tenant: str, key_id: str) -> None:
-    """What another API process does to revoke a key: the update and its audit row, one commit."""
+async def change_elsewhere(url: str, tenant: str, action: str, resource: str, sql: str,
+                           params: tuple[object, ...]) -> None:
+    """What another API process does to change a credential or policy: the change and its
+    audit row (which announces it), one commit."""
     async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
         async with conn.transaction():
-            await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s", (key_id,))
+            await conn.execute(sql, params)  # type: ignore[arg-type]
             await audit.append(conn, audit.AuditEvent(
-                actor="key:elsewhere", tenant_id=tenant, action="key.revoke",
-                resource=f"key:{key_id}", decision="allow"))
+                actor="key:elsewhere", tenant_id=tenant, action=action, resource=resource,
+                decision="allow"))
+
+
+async def revoke_elsewhere(url: str, tenant: str, key_id: str) -> None:
+    await change_elsewhere(url, tenant, "key.revoke", f"key:{key_id}",
+                           "UPDATE api_keys SET revoked_at = now() WHERE id = %s", (key_id,))
 
 
 def test_a_revocation_by_another_process_is_seen_well_within_the_ttl(
@@ -89,14 +96,9 @@ def test_an_unannounced_change_is_seen_after_the_ttl(server: str, admin: Client,
 
 
 async def revoke_token_elsewhere(url: str, tenant: str, jti: str) -> None:
-    """What another API process does to revoke a session token (POST /v1/session/revoke)."""
-    async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
-        async with conn.transaction():
-            await conn.execute("UPDATE session_tokens SET revoked_at = now() WHERE jti = %s",
-                               (jti,))
-            await audit.append(conn, audit.AuditEvent(
-                actor="key:elsewhere", tenant_id=tenant, action="session.revoke",
-                resource=f"token:{jti}", decision="allow"))
+    """What another API process does for POST /v1/session/revoke."""
+    await change_elsewhere(url, tenant, "session.revoke", f"token:{jti}",
+                           "UPDATE session_tokens SET revoked_at = now() WHERE jti = %s", (jti,))
 
 
 def test_session_tokens_are_remembered_and_forgotten_when_revoked_elsewhere(
@@ -126,13 +128,11 @@ def test_a_token_announcement_forgets_only_that_token() -> None:
 
 
 async def set_policy_elsewhere(url: str, tenant: str, module: str) -> None:
-    """What another API process does for PUT /v1/policy: the override and its audit row."""
-    async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
-        async with conn.transaction():
-            await policy.set_override(conn, tenant, module, "key:elsewhere")
-            await audit.append(conn, audit.AuditEvent(
-                actor="key:elsewhere", tenant_id=tenant, action="policy.set",
-                resource=f"policy:{tenant}", decision="allow"))
+    """What another API process does for PUT /v1/policy."""
+    await change_elsewhere(
+        url, tenant, "policy.set", f"policy:{tenant}",
+        "INSERT INTO policy_overrides (tenant_id, module, checksum, updated_by) "
+        "VALUES (%s, %s, 'x', 'key:elsewhere')", (tenant, module))
 
 
 def test_a_policy_override_set_elsewhere_applies_well_within_the_ttl(
