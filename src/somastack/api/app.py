@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -39,7 +38,6 @@ from somastack.store.outbox_relay import OutboxRelay
 log = logging.getLogger("somastack.api")
 PURGE_EVERY_S = 60.0
 STALE_RESERVATION_S = 900.0  # far beyond the longest model call or tool run
-SWITCH_INTERVAL_S = 0.0005
 
 
 async def _purge_forever(db: Database) -> None:
@@ -70,7 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         embedder = AsyncEmbedder(await asyncio.to_thread(build_embedder, settings))
         gc.freeze()  # what start-up allocated is permanent: keep full collections short (p99)
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         # A request allocates tens of thousands of short-lived objects, nearly all freed by
         # reference counting. With CPython's default (700, 10, 10) the collector still ran ~17
         # young and ~1.5 middle collections per agent turn, the latter 1.4-3.9 ms pauses that
