@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -15,6 +17,8 @@ from somastack.governance import audit, policy
 from somastack.governance.keys import CACHE_TTL_S, VerifiedKeys
 from somastack.governance.policy import Overrides
 from somastack.governance.principal import Principal
+
+T = TypeVar("T")
 
 
 def principal(tenant: str) -> Principal:
@@ -51,6 +55,15 @@ def test_announcements_forget_the_key_or_the_whole_tenant() -> None:
     assert cache.get("k1", "h") is None
 
 
+def poll(ask: Callable[[], T], done: Callable[[T], bool], *, within_s: float,
+         every_s: float = 0.02) -> T:
+    """Ask until the answer is `done` or `within_s` has passed; the last answer."""
+    deadline = time.monotonic() + within_s
+    while not done(answer := ask()) and time.monotonic() < deadline:
+        time.sleep(every_s)
+    return answer
+
+
 async def change_elsewhere(url: str, tenant: str, action: str, resource: str, sql: str,
                            params: tuple[object, ...]) -> None:
     """What another API process does to change a credential or policy: the change and its
@@ -75,9 +88,8 @@ def test_a_revocation_by_another_process_is_seen_well_within_the_ttl(
     with Client(server, api_key=secret) as c:
         assert c.http.get("/v1/memory").status_code == 200  # verified, now remembered
         asyncio.run(revoke_elsewhere(database_url, tenant, secret.split("_")[1]))
-        deadline = time.monotonic() + 1.0  # the TTL is 5 s: only the announcement is this quick
-        while (resp := c.http.get("/v1/memory")).status_code == 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # the TTL is 5 s: only the announcement is this quick
+        resp = poll(lambda: c.http.get("/v1/memory"), lambda r: r.status_code != 200, within_s=1.0)
         assert resp.status_code == 401 and "revoked" in resp.text
 
 
@@ -111,10 +123,9 @@ def test_session_tokens_are_remembered_and_forgotten_when_revoked_elsewhere(
     with Client(server) as c:
         assert c.http.get("/v1/turns", headers=auth).status_code == 200  # verified, remembered
         asyncio.run(revoke_token_elsewhere(database_url, tenant, token["jti"]))
-        deadline = time.monotonic() + 1.0  # the TTL is 5 s: only the announcement is this quick
-        while ((resp := c.http.get("/v1/turns", headers=auth)).status_code == 200
-               and time.monotonic() < deadline):
-            time.sleep(0.02)
+        # the TTL is 5 s: only the announcement is this quick
+        resp = poll(lambda: c.http.get("/v1/turns", headers=auth),
+                    lambda r: r.status_code != 200, within_s=1.0)
         assert resp.status_code == 401 and "revoked" in resp.text
 
 
@@ -141,12 +152,10 @@ def test_a_policy_override_set_elsewhere_applies_well_within_the_ttl(
     with Client(server, api_key=key(admin, tenant, "admin")) as c:
         c.remember("before the override")  # the tenant's (absent) override is now remembered
         asyncio.run(set_policy_elsewhere(database_url, tenant, READ_ONLY))
-        deadline = time.monotonic() + 1.0  # the TTL is 5 s: only the announcement is this quick
-        while time.monotonic() < deadline:
-            check = c.request("POST", "/v1/policy/check", json={"action": "memory.write"})
-            if not check["allow"]:
-                break
-            time.sleep(0.02)
+        # the TTL is 5 s: only the announcement is this quick
+        check = poll(lambda: c.request("POST", "/v1/policy/check",
+                                       json={"action": "memory.write"}),
+                     lambda r: not r["allow"], within_s=1.0)
         assert check == {"allow": False, "reasons": ["this tenant is read-only"], "error": False}
 
 
@@ -184,8 +193,6 @@ def test_a_key_in_steady_use_is_reread_in_the_background_and_a_revocation_still_
         assert c.http.get("/v1/memory").status_code == 200
         conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s",
                      (secret.split("_")[1],))  # not announced: only a re-read can see it
-        deadline = time.monotonic() + CACHE_TTL_S + 1.0
-        while ((resp := c.http.get("/v1/memory")).status_code == 200
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
+        resp = poll(lambda: c.http.get("/v1/memory"), lambda r: r.status_code != 200,
+                    within_s=CACHE_TTL_S + 1.0, every_s=0.1)
         assert resp.status_code == 401 and "revoked" in resp.text

@@ -27,13 +27,19 @@ async def state(database: Database, tenant: str) -> tuple[int, int]:
     return s.spent.tokens, s.reserved.tokens
 
 
+async def session_hold(database: Database, tenant: str, *, limit: int, estimate: int) -> Hold:
+    """A session budget of `limit` tokens, and a hold on it opened with `estimate`."""
+    await set_budget(database, tenant, "session:s", Limits(tokens=limit))
+    hold = Hold(database, Scope(tenant, "a", "s"))
+    hold.open(Amounts(tokens=estimate))
+    return hold
+
+
 @pytest.mark.asyncio
 async def test_steps_draw_on_the_hold_and_close_gives_the_rest_back(
     database: Database, tenant: str, db: psycopg.Connection
 ) -> None:
-    await set_budget(database, tenant, "session:s", Limits(tokens=1000))
-    hold = Hold(database, Scope(tenant, "a", "s"))
-    hold.open(Amounts(tokens=500))
+    hold = await session_hold(database, tenant, limit=1000, estimate=500)
     first = await hold.take(Amounts(tokens=200))
     assert await state(database, tenant) == (0, 500)  # one ledger hold for the run
     await hold.spend(first, Amounts(tokens=120))
@@ -59,9 +65,7 @@ async def test_steps_draw_on_the_hold_and_close_gives_the_rest_back(
 async def test_a_short_hold_is_extended_and_refused_past_the_limit(
     database: Database, tenant: str, db: psycopg.Connection
 ) -> None:
-    await set_budget(database, tenant, "session:s", Limits(tokens=1000))
-    hold = Hold(database, Scope(tenant, "a", "s"))
-    hold.open(Amounts(tokens=100))
+    hold = await session_hold(database, tenant, limit=1000, estimate=100)
     draw = await hold.take(Amounts(tokens=400))  # 300 more held in the ledger
     assert await state(database, tenant) == (0, 400)
     await hold.spend(draw, Amounts(tokens=400))
@@ -79,9 +83,7 @@ async def test_a_short_hold_is_extended_and_refused_past_the_limit(
 async def test_an_estimate_the_budget_cannot_cover_falls_back_to_exact_holds(
     database: Database, tenant: str
 ) -> None:
-    await set_budget(database, tenant, "session:s", Limits(tokens=300))
-    hold = Hold(database, Scope(tenant, "a", "s"))
-    hold.open(Amounts(tokens=5000))  # refused: the hold starts empty
+    hold = await session_hold(database, tenant, limit=300, estimate=5000)  # refused: the hold starts empty
     draw = await hold.take(Amounts(tokens=250))
     assert await state(database, tenant) == (0, 250)
     await hold.spend(draw, Amounts(tokens=250))
@@ -124,9 +126,7 @@ async def test_concurrent_holds_never_overspend(
 async def test_usage_of_a_hold_that_expired_is_still_recorded(
     database: Database, tenant: str, db: psycopg.Connection
 ) -> None:
-    await set_budget(database, tenant, "session:s", Limits(tokens=1000))
-    hold = Hold(database, Scope(tenant, "a", "s"))
-    hold.open(Amounts(tokens=300))
+    hold = await session_hold(database, tenant, limit=1000, estimate=300)
     draw = await hold.take(Amounts(tokens=100))
     await expire_reservations(database, older_than_s=0)  # as if the process had stalled
     assert await state(database, tenant) == (0, 0)

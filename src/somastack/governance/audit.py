@@ -114,6 +114,16 @@ def listen(db: Database) -> None:
     db.listen(GOVERNANCE_CHANNEL, _announce)
 
 
+def announcement(payload: str | None) -> dict[str, Any] | None:
+    """A governance announcement as {action, tenant_id, resource}; None when it is missing or
+    unreadable (then anything may have changed)."""
+    try:
+        change = json.loads(payload) if payload else None
+    except ValueError:
+        return None
+    return change if isinstance(change, dict) else None
+
+
 def _announce(payload: str | None) -> None:
     for on_change in list(_WATCHERS):
         on_change(payload)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import psycopg
 
 from somastack.errors import NotFound, Unauthenticated
+from somastack.governance import audit
 from somastack.governance.principal import Principal
 
 PREFIX = "soma_"
@@ -174,8 +174,8 @@ class VerifiedKeys:
 
     def on_change(self, payload: str | None) -> None:
         """A governance announcement (JSON with tenant_id and resource); None = some were missed."""
-        change = json.loads(payload) if payload else None
-        if not isinstance(change, dict):
+        change = audit.announcement(payload)
+        if change is None:
             self.forget()
         elif str(change.get("resource", "")).startswith("key:"):
             self.forget(key_id=change["resource"].removeprefix("key:"))

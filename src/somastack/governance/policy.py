@@ -146,8 +146,8 @@ class Overrides:
             self._entries.pop(tenant_id, None)
 
     def on_change(self, payload: str | None) -> None:
-        change = json.loads(payload) if payload else None
-        if not isinstance(change, dict):
+        change = audit.announcement(payload)
+        if change is None:
             self.forget()
         elif str(change.get("action", "")).startswith("policy."):
             self.forget(str(change.get("tenant_id")))
