@@ -3,6 +3,7 @@ ledger, idempotency, rate limits, streaming and cleanup."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -32,6 +33,7 @@ from somastack.errors import (
     Conflict,
     InvalidInput,
     RateLimited,
+    StoreUnavailable,
     ToolFailed,
     ToolNotAllowed,
     ToolTimeout,
@@ -263,3 +265,88 @@ def test_registry_checks_definitions() -> None:
             registry.register(tool)
         assert err.value.field == field  # type: ignore[attr-defined]
     assert [s.name for s in registry.specs(frozenset({"a.b", "x"}))] == ["a.b"]
+
+
+class Gated:
+    """An authorizer whose decision's audit row is committed only when the test says so (or
+    fails then): the broker must hold every output of a call until that row is committed."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.commit = asyncio.Event()
+        self.fails = fails
+
+    async def _row(self) -> None:
+        await self.commit.wait()
+        if self.fails:
+            raise StoreUnavailable("the audit row could not be written")
+
+    async def __call__(self, ctx: ToolContext, tool: ToolDef, args: dict[str, Any]) -> Decision:
+        return Decision(True, audited=asyncio.ensure_future(self._row()))
+
+
+class Started:
+    """A python tool that notes when it starts running."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def __call__(self, ctx: ToolContext, args: dict[str, Any]
+                       ) -> AsyncGenerator[str | ToolOutput, None]:
+        self.started.set()
+        yield "looking"
+        yield ToolOutput({"n": args["n"]})
+
+
+def gated_broker(database: Database, authorize: Gated, tool: ToolDef) -> ToolBroker:
+    return ToolBroker(ToolRegistry([tool]), database, authorize=authorize,
+                      budget=LedgerBudget(database, PRICES))
+
+
+@pytest.mark.asyncio
+async def test_read_only_tool_runs_while_its_audit_row_is_written_but_nothing_leaves_before(
+    database: Database, tenant: str
+) -> None:
+    run, gate = Started(), Gated()
+    broker = gated_broker(database, gate, counter_tool(run, read_only=True))  # type: ignore[arg-type]
+    seen: list[ToolDelta | ToolDone] = []
+
+    async def consume() -> None:
+        async with aclosing(broker.call(ToolContext(tenant), "test.count", {"n": 2})) as stream:
+            async for event in stream:
+                seen.append(event)
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(run.started.wait(), 5)  # it runs before the row is committed...
+    await asyncio.sleep(0.05)
+    assert seen == []  # ...but neither its delta nor its result has left the broker
+    gate.commit.set()
+    await asyncio.wait_for(task, 5)
+    assert [type(e) for e in seen] == [ToolDelta, ToolDone] and seen[-1].result == {"n": 2}
+
+
+@pytest.mark.asyncio
+async def test_other_tools_run_only_after_their_audit_row_is_committed(
+    database: Database, tenant: str
+) -> None:
+    run, gate = Started(), Gated()
+    broker = gated_broker(database, gate, counter_tool(run))  # type: ignore[arg-type]
+    task = asyncio.create_task(events(broker, ToolContext(tenant), "test.count", {"n": 3}))
+    await asyncio.sleep(0.1)
+    assert not run.started.is_set()
+    gate.commit.set()
+    *_, done = await asyncio.wait_for(task, 5)
+    assert run.started.is_set() and isinstance(done, ToolDone) and done.result == {"n": 3}
+
+
+@pytest.mark.asyncio
+async def test_read_only_result_is_withheld_when_its_audit_row_fails(
+    database: Database, tenant: str, db: psycopg.Connection
+) -> None:
+    run, gate = Started(), Gated(fails=True)
+    broker = gated_broker(database, gate, counter_tool(run, read_only=True))  # type: ignore[arg-type]
+    task = asyncio.create_task(events(broker, ToolContext(tenant), "test.count", {"n": 4}))
+    await asyncio.wait_for(run.started.wait(), 5)
+    gate.commit.set()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(task, 5)
+    assert ledger(db, tenant) == (1, Decimal(1))  # it ran, so it was charged, once

@@ -141,10 +141,10 @@ def _allowed(body: TurnIn, claims: dict[str, Any], persona_tools: list[str], kno
 def _authorize(s: AppState, who: Principal, trace: str, turn_id: str) -> Any:
     async def check(tool: str, args: dict[str, Any]) -> Decision:
         gov = s.governance
-        decision = await policy.authorize(s.db, gov.rego, gov.constitution, policy.Request(
+        decision, audited = await policy.decide(s.db, gov.rego, gov.constitution, policy.Request(
             subject=who, action="tool.call", resource={"tool": tool},
             context={"turn_id": turn_id}, trace_id=trace))
-        return Decision(decision.allow, "; ".join(decision.reasons))
+        return Decision(decision.allow, "; ".join(decision.reasons), audited=audited)
     return check
 
 

@@ -226,6 +226,16 @@ def _decision(value: Any) -> Decision:
 
 async def authorize(db: Database, pool: RegoPool, constitution: Active, req: Request) -> Decision:
     """Evaluate the base policy plus the tenant's override, then audit the decision."""
+    decision, audited = await decide(db, pool, constitution, req)
+    await audited
+    return decision
+
+
+async def decide(db: Database, pool: RegoPool, constitution: Active, req: Request
+                 ) -> tuple[Decision, asyncio.Task[dict[str, Any]]]:
+    """`authorize` whose audit row is still being written: the decision, and the task writing
+    its row. The caller must await the task before anything the decision allowed has an effect
+    or a result that leaves the process (see ToolDef.read_only)."""
     override = await current_override(db, req.subject.tenant_id)
     modules = base_modules()
     if override is not None:
@@ -238,11 +248,10 @@ async def authorize(db: Database, pool: RegoPool, constitution: Active, req: Req
     }
     decision = await _evaluate(pool, modules, payload)
     verdict = "error" if decision.error else ("allow" if decision.allow else "deny")
-    await audit.record(db, audit.AuditEvent(
+    return decision, asyncio.ensure_future(audit.record(db, audit.AuditEvent(
         actor=req.subject.actor, tenant_id=req.subject.tenant_id, action=f"policy:{req.action}",
         resource=str(req.resource.get("route") or req.resource.get("tool") or req.action),
-        decision=verdict, reasons=decision.reasons, trace_id=req.trace_id, payload=payload))
-    return decision
+        decision=verdict, reasons=decision.reasons, trace_id=req.trace_id, payload=payload)))
 
 
 def _decisive(payload: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 1. the tool exists and is on the context's allow-list (ToolNotAllowed, field `tool`);
 2. the arguments validate against its JSON Schema (InvalidInput naming `arguments.<field>`);
-3. the authorize callback (the policy decision point) allows it (ToolNotAllowed);
+3. the authorize callback (the policy decision point) allows it (ToolNotAllowed); its decision's
+   audit row is committed before the call runs, or, for a read-only tool, before any of its
+   output leaves the broker (it may be written while the tool runs);
 4. an idempotency key, if given, is claimed, or the first call's result is returned (replayed);
 5. the tool's rate limit admits it (RateLimited);
 6. the budget hook reserves the call's worst-case cost (BudgetExhausted).
@@ -14,9 +16,10 @@ idempotency claim so a retry runs again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +41,8 @@ from somastack.store import Database
 class Decision:
     allowed: bool
     reason: str = ""
+    # the decision's audit row, while it is being written (None: already written, or none)
+    audited: Awaitable[Any] | None = None
 
 
 class Authorizer(Protocol):
@@ -91,7 +96,8 @@ class ToolBroker:
         # a claim still "running" after the longest a call can take belongs to a dead process
         self.stale_s = max(600.0, 3 * (sandbox.limits.timeout_s if sandbox else 0.0))
 
-    async def _admit(self, ctx: ToolContext, name: str, args: Any) -> ToolDef:
+    async def _admit(self, ctx: ToolContext, name: str, args: Any
+                     ) -> tuple[ToolDef, Awaitable[Any] | None]:
         tool = self.registry.get(name)
         if ctx.allow is not None and name not in ctx.allow:
             raise ToolNotAllowed(f"{name!r} is not on this session's allow-list", field="tool")
@@ -99,12 +105,17 @@ class ToolBroker:
             raise InvalidInput("must be a JSON object", field="arguments")
         check_against(tool.args_schema, args, "arguments", InvalidInput)
         decision = await self.authorize(ctx, tool, args)
+        audited = decision.audited
+        if audited is not None and (not decision.allowed or not tool.read_only):
+            await audited
+            audited = None
         if not decision.allowed:
             raise ToolNotAllowed(f"{name!r} denied by policy: {decision.reason or 'no reason'}",
                                  field="tool")
         if tool.kind == "sandbox" and self.sandbox is None:
+            await _committed(audited)
             raise ToolNotAllowed(f"{name!r} needs a sandbox and this broker has none", field="tool")
-        return tool
+        return tool, audited
 
     async def call(self, ctx: ToolContext, name: str, args: dict[str, Any], *,
                    call_id: str | None = None, idempotency_key: str | None = None,
@@ -114,16 +125,18 @@ class ToolBroker:
         `on_start` is called when the gates have passed and the tool starts running."""
         call_id = call_id or f"tc_{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
-        tool = await self._admit(ctx, name, args)
+        tool, audited = await self._admit(ctx, name, args)  # audited: a read-only tool's row
         claim = None
-        if idempotency_key is not None:
-            claim = await calls.claim(self.db, ctx.tenant, name, idempotency_key, args,
-                                      ttl_s=self.ttl_s, stale_s=self.stale_s)
-            if claim.replay is not None:
-                yield ToolDone(call_id, name, claim.replay["result"], True, _ms(started))
-                return
         hold, ran, output = None, False, None
         try:
+            if idempotency_key is not None:
+                claim = await calls.claim(self.db, ctx.tenant, name, idempotency_key, args,
+                                          ttl_s=self.ttl_s, stale_s=self.stale_s)
+                if claim.replay is not None:
+                    await _committed(audited)
+                    audited = None
+                    yield ToolDone(call_id, name, claim.replay["result"], True, _ms(started))
+                    return
             await calls.admit(self.db, ctx.tenant, name, tool.rate_limit_per_min)
             hold = await self.budget.reserve(ctx, tool)
             ran = True
@@ -133,6 +146,8 @@ class ToolBroker:
             async with aclosing(self._execute(ctx, tool, args)) as items:
                 async for item in items:
                     if isinstance(item, str):
+                        await _committed(audited)
+                        audited = None
                         yield ToolDelta(call_id, name, item)
                     else:
                         output = item
@@ -140,14 +155,20 @@ class ToolBroker:
             if output is None:
                 raise ToolFailed(f"{name} finished without a result", field="result")
             check_against(tool.result_schema, output.result, "result", ToolFailed)
+            await _committed(audited)
+            audited = None
             if claim is not None:
                 await calls.complete(self.db, ctx.tenant, claim.key, {"result": output.result})
                 claim = None
         finally:
-            if hold is not None:
-                await (self.budget.settle(hold, tool, output) if ran else self.budget.release(hold))
-            if claim is not None:
-                await calls.drop(self.db, ctx.tenant, claim.key)
+            try:
+                await _committed(audited)
+            finally:
+                if hold is not None:
+                    await (self.budget.settle(hold, tool, output) if ran
+                           else self.budget.release(hold))
+                if claim is not None and claim.replay is None:
+                    await calls.drop(self.db, ctx.tenant, claim.key)
         yield ToolDone(call_id, name, output.result, False, _ms(started), output.egress_bytes,
                        output.storage_bytes, run_ms)
 
@@ -185,6 +206,13 @@ class ToolBroker:
             raise
         except Exception as exc:  # a tool's own bug must not become a 500 or hide the cause
             raise ToolFailed(f"{tool.name}: {type(exc).__name__}: {exc}", field="tool") from exc
+
+
+async def _committed(audited: Awaitable[Any] | None) -> None:
+    """Wait until the decision's audit row is committed (a failed write raises); the write
+    goes on even if the waiting call is cancelled."""
+    if audited is not None:
+        await asyncio.shield(audited)
 
 
 def _ms(started: float) -> float:

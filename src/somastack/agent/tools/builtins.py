@@ -152,7 +152,8 @@ def memory_tools(db: Database, embedder: AsyncEmbedder, *, namespace: str, max_b
                                  "top_k": {"type": "integer", "minimum": 1, "maximum": 20}},
                                 ["query"]),
             result_schema=_object({"evidence": {"type": "array", "items": evidence}}, ["evidence"]),
-            run=run_recall, example=("Where does Ana live?", {"query": "Ana lives in"}),
+            run=run_recall, read_only=True,
+            example=("Where does Ana live?", {"query": "Ana lives in"}),
         ),
         ToolDef(
             name="memory.remember", description="Store a fact in long-term memory.",

@@ -62,6 +62,10 @@ class ToolDef:
     max_egress_bytes: int = 0  # reserved against the budget before the call
     max_storage_bytes: int = 0
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Changes nothing and sends nothing out (no writes, no egress): the audit row of the policy
+    # decision that admitted a call may be written while it runs, and is committed before any of
+    # its output leaves the broker. Any other tool runs only after that row is committed.
+    read_only: bool = False
     # (a request, the arguments for it): shown to the model as a worked example before it
     # writes arguments; small models copy the shape and stop instead of rambling
     example: tuple[str, dict[str, Any]] | None = None
