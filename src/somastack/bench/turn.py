@@ -16,10 +16,14 @@ turn (the last usage written to the ledger, the events stored, the turn's status
 `overhead_with_embedding_ms` counts the embedding time as overhead too. `events_per_s` is SSE
 delivery of stored turns (GET /v1/turns/{id}/events); `live_events_per_s` counts the live
 streams' events over their wall time (dominated by the model).
+The turns go over one keep-alive connection of bench/wire.py's lean HTTP/1.1 client, as in
+`soma bench scale`: the client's own parsing time is in the figures, and httpx's would be several
+times that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import time
@@ -30,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from somastack.bench import wire
 from somastack.bench.server import served
 from somastack.bench.stats import percentiles_ms
 from somastack.client import Client, turn_events
@@ -48,18 +53,16 @@ QUESTIONS = [
 Progress = Callable[[str, int], Callable[[int], None]]
 
 
-def _one(http: httpx.Client, session: dict[str, Any], body: dict[str, Any]
-         ) -> tuple[float, float, list[dict[str, Any]]]:
+async def _one(conn: wire.Connection, session: dict[str, Any], body: dict[str, Any]
+               ) -> tuple[float, float, list[dict[str, Any]]]:
     """(seconds to the usage event, seconds to the end of the stream, the events)."""
     started = time.perf_counter()
     events: list[dict[str, Any]] = []
-    with http.stream("POST", "/v1/turn", json={"session_id": session["jti"], **body},
-                     headers={"Authorization": f"Bearer {session['jwt']}"}) as resp:
-        resp.raise_for_status()
-        for event in turn_events(resp.iter_lines()):
-            events.append(event)
-            if event["type"] == "usage":
-                wall = time.perf_counter() - started
+    wall = 0.0
+    async for event in conn.stream("/v1/turn", {"session_id": session["jti"], **body}):
+        events.append(event)
+        if event["type"] == "usage":
+            wall = time.perf_counter() - started
     end = time.perf_counter() - started
     if not events or events[-1]["type"] != "usage":
         raise RuntimeError(f"turn ended without usage: {json.dumps(events[-2:])[:500]}")
@@ -111,6 +114,7 @@ def run(turns: int = 30, *, home: Path | None = None, progress: Progress | None 
     bar = progress or (lambda label, total: (lambda n: None))
     with tempfile.TemporaryDirectory(prefix="soma-bench-turn-") as tmp:
         base = home or Path(tmp)
+        loop = asyncio.new_event_loop()
         with served(base) as srv, httpx.Client(base_url=srv.url, timeout=300) as http:
             admin = Client(srv.url, api_key=(base / "admin.key").read_text().strip())
             tenant = f"bench-{uuid.uuid4().hex[:8]}"
@@ -123,17 +127,19 @@ def run(turns: int = 30, *, home: Path | None = None, progress: Progress | None 
             c.remember_batch([{"content": f} for f in FACTS], namespace="bench")
             session = c.mint_session(persona["hash"], tools=["memory.recall"],
                                      memory="readwrite", tokens=1_000_000, tools_per_min=600)
+            conn = loop.run_until_complete(wire.Connection.open(
+                srv.url, {"Authorization": f"Bearer {session['jwt']}"}))
 
             def client_tools(i: int) -> tuple[float, float, list[dict[str, Any]]]:
                 q = QUESTIONS[i % len(QUESTIONS)]
-                return _one(http, session, {"inputs": {"text": q, "tool_calls": [
+                return loop.run_until_complete(_one(conn, session, {"inputs": {"text": q, "tool_calls": [
                     {"tool": "memory.recall", "arguments": {"query": q, "top_k": 3}}]},
-                    "max_tokens": 24})
+                    "max_tokens": 24}))
 
             def model_plan(i: int) -> tuple[float, float, list[dict[str, Any]]]:
-                return _one(http, session, {"inputs": {"text": QUESTIONS[i % len(QUESTIONS)]},
-                                            "tool_choice": "required", "max_steps": 1,
-                                            "max_tokens": 96})
+                return loop.run_until_complete(_one(conn, session, {
+                    "inputs": {"text": QUESTIONS[i % len(QUESTIONS)]}, "tool_choice": "required",
+                    "max_steps": 1, "max_tokens": 96}))
 
             for i in range(3):  # warm up: model, pools, policy workers
                 client_tools(i)
@@ -156,6 +162,8 @@ def run(turns: int = 30, *, home: Path | None = None, progress: Progress | None 
             out["replayed_events"] = replayed
             out["target"] = {"overhead_p95_ms": 25.0,
                              "met": out["overhead_ms"]["p95"] <= 25.0}
+            loop.run_until_complete(conn.close())
+            loop.close()
             c.close()
             admin.close()
     return out

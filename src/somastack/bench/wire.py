@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +55,36 @@ class Connection:
         if not 200 <= status < 300:
             raise HTTPStatusError(f"{status} for POST {path}: {answer[:300]!r}")
         return json.loads(answer)
+
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST a JSON body and yield the events of the SSE answer (chunked), each `data:` line's
+        JSON object, as they arrive; HTTPStatusError unless 2xx."""
+        data = json.dumps(body).encode()
+        self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\n" + self.header_block
+                          + b"Accept: text/event-stream\r\nContent-Length: "
+                          + str(len(data)).encode() + b"\r\n\r\n" + data)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status, chunked, length = int(status_line.split()[1]), False, 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"transfer-encoding":
+                chunked = value.strip().lower() == b"chunked"
+            elif name.strip().lower() == b"content-length":
+                length = int(value)
+        if not 200 <= status < 300 or not chunked:
+            answer = await self.reader.readexactly(length)
+            raise HTTPStatusError(f"{status} for POST {path} (not an event stream): {answer[:300]!r}")
+        pending = b""
+        while size := int((await self.reader.readline()).split(b";")[0], 16):
+            pending += (await self.reader.readexactly(size + 2))[:-2]
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                for line in event.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        yield json.loads(line[5:])
+        await self.reader.readline()  # the blank line after the last chunk
 
     async def close(self) -> None:
         self.writer.close()
