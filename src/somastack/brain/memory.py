@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import time
 import uuid
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -82,19 +85,28 @@ def _draft_vector(d: MemoryDraft, embedder: AsyncEmbedder, prefix: str, i: int
     return np.asarray(d.embedding, dtype=np.float32)
 
 
-async def _vectors(
-    drafts: list[MemoryDraft], embedder: AsyncEmbedder, prefix: str, max_bytes: int
-) -> list[np.ndarray]:
+OVERLAP_UP_TO = 8  # remember calls of up to this many drafts embed while the rows are read
+
+
+def _given(drafts: list[MemoryDraft], embedder: AsyncEmbedder, prefix: str, max_bytes: int
+           ) -> list[np.ndarray | None]:
+    """Check every draft (content, vectors it carries); the vectors given, None where to embed."""
     given: list[np.ndarray | None] = []
     for i, d in enumerate(drafts):
         check_content(d.content, max_bytes, _field(prefix, i, "content"))
         given.append(_draft_vector(d, embedder, prefix, i))
+    return given
+
+
+async def _vectors(drafts: list[MemoryDraft], embedder: AsyncEmbedder,
+                   given: list[np.ndarray | None]) -> list[np.ndarray]:
     todo = [i for i, v in enumerate(given) if v is None]
+    out = list(given)
     if todo:
         computed = await embedder.embed([drafts[i].content for i in todo])
         for row, i in enumerate(todo):
-            given[i] = computed[row]
-    return [v for v in given if v is not None]
+            out[i] = computed[row]
+    return [v for v in out if v is not None]
 
 
 def _row(d: MemoryDraft, tenant: str, vec: np.ndarray, embedder_id: str) -> dict[str, Any]:
@@ -117,38 +129,55 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 async def remember(
     db: Database, embedder: AsyncEmbedder, tenant: str, drafts: list[MemoryDraft],
-    *, max_bytes: int, field_prefix: str = "",
+    *, max_bytes: int, field_prefix: str = "", timings: dict[str, float] | None = None,
 ) -> list[Written]:
-    """Store drafts all-or-nothing; an existing key is updated and existing content is merged."""
-    vectors = await _vectors(drafts, embedder, field_prefix, max_bytes)
-    for _ in range(3):  # a concurrent writer of the same content/key wins a race: re-read and merge
-        try:
-            async with pipelined(db, tenant) as conn:  # two round trips: read, then write
-                written = await _write(conn, tenant, drafts, vectors, embedder.id)
-                await outbox.emit(conn, tenant_id=tenant, topic="memory.events", type="memory.remembered",
-                                  payload={"items": [{"id": str(w.id), "status": w.status}
-                                                     for w in written]})
-                return written
-        except psycopg.errors.UniqueViolation:
-            continue
+    """Store drafts all-or-nothing; an existing key is updated and existing content is merged.
+
+    Small calls (up to OVERLAP_UP_TO drafts) embed while the existing rows are read, so the
+    read's round trip is not added to the embedding's time; `timings["embed_wait_s"]` says how
+    long the write then waited for the vectors."""
+    given = _given(drafts, embedder, field_prefix, max_bytes)  # bad input: nothing touched
+    pending = asyncio.ensure_future(_vectors(drafts, embedder, given))
+    try:
+        if len(drafts) > OVERLAP_UP_TO:  # imports: no transaction held open while they embed
+            await pending
+        for _ in range(3):  # a concurrent writer of the same content/key wins a race: re-read
+            try:
+                async with pipelined(db, tenant) as conn:  # two round trips: read, then write
+                    written = await _write(conn, tenant, drafts, pending, embedder.id, timings)
+                    await outbox.emit(conn, tenant_id=tenant, topic="memory.events",
+                                      type="memory.remembered",
+                                      payload={"items": [{"id": str(w.id), "status": w.status}
+                                                         for w in written]})
+                    return written
+            except psycopg.errors.UniqueViolation:
+                continue
+    finally:
+        if not pending.done():  # the read failed first: nobody will use the vectors
+            pending.cancel()
     raise Conflict("concurrent writes of the same memory kept colliding; retry", field="content")
 
 
 async def _write(
     conn: psycopg.AsyncConnection, tenant: str, drafts: list[MemoryDraft],
-    vectors: list[np.ndarray], embedder_id: str,
+    vectors: Awaitable[list[np.ndarray]], embedder_id: str, timings: dict[str, float] | None,
 ) -> list[Written]:
-    new_rows = [_row(d, tenant, v, embedder_id) for d, v in zip(drafts, vectors, strict=True)]
     cur = await conn.execute(
         f"SELECT id, namespace, {', '.join(_ROW_FIELDS)} FROM memories "
         "WHERE tenant_id = %s AND namespace = ANY(%s) AND (key = ANY(%s) OR content_hash = ANY(%s)) "
         "FOR UPDATE",
-        (tenant, list({r["namespace"] for r in new_rows}),
-         [r["key"] for r in new_rows if r["key"]], [r["content_hash"] for r in new_rows]),
+        (tenant, list({d.namespace for d in drafts}), [d.key for d in drafts if d.key],
+         [content_hash(d.content) for d in drafts]),
     )
+    existing = await cur.fetchall()
+    waited = time.perf_counter()
+    vecs = await vectors
+    if timings is not None:
+        timings["embed_wait_s"] = time.perf_counter() - waited
+    new_rows = [_row(d, tenant, v, embedder_id) for d, v in zip(drafts, vecs, strict=True)]
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
     by_hash: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in await cur.fetchall():
+    for row in existing:
         row["tenant_id"] = tenant
         by_hash[(row["namespace"], row["content_hash"])] = row
         if row["key"]:
