@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from somastack.bench import corpus
+
 
 def test_bench_scale_small(tmp_path: Path) -> None:
     out = subprocess.run(
@@ -20,3 +24,15 @@ def test_bench_scale_small(tmp_path: Path) -> None:
     assert 0 < r["recall_ms"]["p50"] <= r["recall_ms"]["p95"] <= r["recall_ms"]["p99"]
     assert 0 < r["raw_pgvector_ms"]["p50"] <= r["raw_pgvector_ms"]["p95"]
     assert r["qps"] > 0 and r["overhead_ratio"]["p50"] > 0
+    q = r["quality"]
+    assert 0 < q["precision_at_10"] <= q["hit_at_10"] <= 1  # recall finds what is asked for
+
+
+def test_every_question_says_what_answers_it() -> None:
+    qs = corpus.queries(2000)
+    assert all(corpus.needles(q) for q in qs)
+    assert corpus.needles("What did Ada Berg do last weekend?") == ["Ada Berg", "last weekend"]
+    assert corpus.relevant("Who went hiking in Kyoto?", "Zoe Ito went hiking in Kyoto yesterday.")
+    assert not corpus.relevant("Who went hiking in Kyoto?", "Zoe Ito went hiking in Berlin.")
+    with pytest.raises(ValueError):
+        corpus.needles("What is the meaning of life?")

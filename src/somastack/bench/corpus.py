@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Callable
 
 FIRST = ("Ada Bruno Chen Dana Elif Farah Gus Hana Ivan Jo Kofi Lena Mateo Nia Omar Priya Quinn Rosa "
          "Sami Tara Uma Viktor Wen Xavi Yara Zoe Aiko Bilal Carmen Dmitri Esme Femi Greta Hugo Ines "
@@ -82,3 +84,33 @@ def queries(n: int, seed: int = 11) -> list[str]:
         out.append(r.choice(shapes).format(n=_name(r), t=r.choice(TIMES), a=act,
                                            p=r.choice(PLACES), h=hobby))
     return out
+
+
+_HOBBY = {hobby: act for act, hobby in ACTIVITIES}
+_WHEN = "|".join(re.escape(t) for t in TIMES)
+_WHERE = "|".join(re.escape(p) for p in PLACES)
+# each query shape, and what a memory must say to answer it (the needles, from the match)
+_ANSWERS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], list[str]]]] = [
+    (re.compile(rf"What did (.+) do ({_WHEN})\?"), lambda m: [m[1], m[2]]),
+    (re.compile(rf"Who (.+) ({_WHERE})\?"), lambda m: [m[1], m[2]]),
+    (re.compile(rf"When did (.+) go ({_WHERE})\?"), lambda m: [m[1], m[2]]),
+    (re.compile(r"What does (.+) drink in the morning\?"),
+     lambda m: [m[1], "over coffee in the morning"]),
+    (re.compile(r"Where does (.+) work\?"), lambda m: [m[1], "works as"]),
+    (re.compile(r"Which of my friends is into (.+)\?"), lambda m: [_HOBBY[m[1]]]),
+    (re.compile(rf"What happened ({_WHERE}) ({_WHEN})\?"), lambda m: [m[1], m[2]]),
+]
+
+
+def needles(query: str) -> list[str]:
+    """What a memory must contain to answer one of `queries`' questions: e.g. the person and
+    the time for "What did Ada Berg do last weekend?" (a memory saying both is relevant)."""
+    for pattern, answer in _ANSWERS:
+        m = pattern.fullmatch(query)
+        if m:
+            return answer(m)
+    raise ValueError(f"not a question of this corpus: {query!r}")
+
+
+def relevant(query: str, content: str) -> bool:
+    return all(n in content for n in needles(query))

@@ -73,8 +73,11 @@ async def _fire(qs: list[str], concurrency: int, one: Callable[[int], Any], tick
 
 
 async def _recall_http(url: str, api_key: str, qs: list[str], top_k: int, concurrency: int,
-                       tick: Tick) -> tuple[list[float], float, list[dict[str, float]]]:
+                       tick: Tick) -> tuple[list[float], float, list[dict[str, float]], list[float]]:
+    """Latencies, wall time, the server's timings and each answer's precision (the share of
+    its evidence that answers the question, corpus.relevant)."""
     server_timings: list[dict[str, float]] = []
+    precision: list[float] = []
     conns = [await wire.Connection.open(url, {"Authorization": f"Bearer {api_key}"})
              for _ in range(concurrency)]
     free: asyncio.Queue[wire.Connection] = asyncio.Queue()
@@ -89,6 +92,8 @@ async def _recall_http(url: str, api_key: str, qs: list[str], top_k: int, concur
         finally:
             free.put_nowait(c)
         server_timings.append(answer["timings_ms"])
+        found = [corpus.relevant(qs[i], e["memory"]["content"]) for e in answer["evidence"]]
+        precision.append(sum(found) / len(found) if found else 0.0)
 
     try:
         for q in qs[:20]:  # warm-up, not measured
@@ -97,7 +102,7 @@ async def _recall_http(url: str, api_key: str, qs: list[str], top_k: int, concur
     finally:
         for c in conns:
             await c.close()
-    return lat, wall, server_timings
+    return lat, wall, server_timings, precision
 
 
 async def _recall_raw(db_url: str, tenant: str, vecs: np.ndarray, top_k: int, concurrency: int,
@@ -142,7 +147,7 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
         api_key = Settings(home=home).admin_key_file.read_text().strip()
         ingest_s = asyncio.run(_ingest(url, api_key, texts, batch, ingest_parallel,
                                        progress("ingest", memories)))
-        lat, wall, server_timings = asyncio.run(
+        lat, wall, server_timings, precision = asyncio.run(
             _recall_http(url, api_key, qs, top_k, concurrency, progress("recall (HTTP)", queries)))
         vecs = MiniLMEmbedder().embed(qs)
         raw = asyncio.run(_recall_raw(embedded.start(home), tenant, vecs, top_k, concurrency,
@@ -154,11 +159,15 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
         "ingest_s": round(ingest_s, 2), "ingest_per_s": round(memories / ingest_s, 1),
         "recall_ms": http_ms, "qps": round(queries / wall, 1),
         "raw_pgvector_ms": raw_ms,
+        "quality": {f"precision_at_{top_k}": round(float(np.mean(precision)), 4),
+                    f"hit_at_{top_k}": round(float(np.mean([p > 0 for p in precision])), 4)},
         "overhead_ratio": {p: round(http_ms[p] / raw_ms[p], 2) for p in ("p50", "p95") if raw_ms[p]},
         "server_ms_median": {k: round(float(np.median([t[k] for t in server_timings])), 2)
                              for k in ("embed", "candidates", "score", "total")},
         "machine": {"cpus": os.cpu_count()},
         "note": "recall_ms is end-to-end over HTTP (query embedding included), from clients on "
                 "the same machine (one keep-alive connection each, bench/wire.py); raw_pgvector_ms "
-                "is the ANN query alone on the same data and concurrency, embedding excluded",
+                "is the ANN query alone on the same data and concurrency, embedding excluded; quality "
+                "is the share of each answer's evidence that says what its question asks for "
+                "(the person and the time, say: corpus.needles), and how often any does",
     }
