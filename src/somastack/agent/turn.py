@@ -463,21 +463,27 @@ class Runtime:
         content = f"Q: {spec.text}\nA: {answer}"[: self.settings.max_content_bytes // 4]
         size = len(content.encode())
         cost = self.prices.charge(storage_bytes=size)
-        draw = await hold.take(cost)  # exact before it runs
-        timings: dict[str, float] = {}
-        try:  # it embeds while the existing rows are read: only the wait is the model's time
+        # Embedded first, then written: remember() could read the existing rows while it embeds,
+        # but on two cores that read then competes with the model run, and is slower than alone.
+        vector = asyncio.create_task(self.embedder.embed([content]))  # while the hold is checked
+        try:
+            draw = await hold.take(cost)  # exact before it runs
+        finally:
+            waited = time.perf_counter()
+            embedding = (await vector)[0]
+            tally.embed_ms += (time.perf_counter() - waited) * 1000
+        try:
             (written,) = await remember(self.db, self.embedder, spec.tenant, [MemoryDraft(
                 namespace=spec.persona.namespace, content=content, kind="episodic",
                 key=f"turn:{spec.turn_id}", source=f"agent:{spec.persona.name}",
-                trace_id=spec.trace_id, tags=["turn"],
+                trace_id=spec.trace_id, tags=["turn"], embedding=[float(x) for x in embedding],
+                embedder=self.embedder.id,
                 metadata={"turn_id": spec.turn_id, "session_id": spec.session_id,
                           "verdict": verdict})],
-                max_bytes=self.settings.max_content_bytes, timings=timings)
+                max_bytes=self.settings.max_content_bytes)
         except BaseException:
             await hold.give_back(draw)
             raise
-        finally:
-            tally.embed_ms += timings.get("embed_wait_s", 0.0) * 1000
         await hold.spend(draw, cost)
         tally.storage_bytes += size
         return [str(written.id)]
