@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from somastack.bench import corpus
+from somastack.store import embedded
 
 
 def test_bench_scale_small(tmp_path: Path) -> None:
@@ -26,6 +28,11 @@ def test_bench_scale_small(tmp_path: Path) -> None:
     assert r["qps"] > 0 and r["overhead_ratio"]["p50"] > 0
     q = r["quality"]
     assert 0 < q["precision_at_10"] <= q["hit_at_10"] <= 1  # recall finds what is asked for
+    assert r["settle_s"] >= 0  # recall was measured after the ingest was vacuumed and analysed
+    with psycopg.connect(embedded.start(tmp_path)) as conn:
+        row = conn.execute("SELECT last_vacuum, last_analyze FROM pg_stat_user_tables "
+                           "WHERE relname = 'memories'").fetchone()
+    assert row is not None and None not in row
 
 
 def test_every_question_says_what_answers_it() -> None:
