@@ -182,7 +182,8 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
         "server_ms_median": {k: round(float(np.median([t[k] for t in server_timings])), 2)
                              for k in ("embed", "candidates", "score", "total")},
         "machine": {"cpus": os.cpu_count()},
-        "note": "recall_ms is measured after settle_s (VACUUM ANALYZE and CHECKPOINT after the ingest) and is end-to-end over HTTP (query embedding included), from clients on "
+        "note": "recall_ms is measured after settle_s (VACUUM ANALYZE and CHECKPOINT after the "
+                "ingest) and is end-to-end over HTTP (query embedding included), from clients on "
                 "the same machine (one keep-alive connection each, bench/wire.py); raw_pgvector_ms "
                 "is the ANN query alone on the same data and concurrency, embedding excluded; quality "
                 "is the share of each answer's evidence that says what its question asks for "
