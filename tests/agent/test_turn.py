@@ -3,6 +3,7 @@ audit log, stored turns, resumption, idempotency, budgets, cancellation and bad 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -15,7 +16,10 @@ import pytest
 
 from somastack import Client
 from somastack.agent.tools import Sandbox
+from somastack.agent.turns import Turn, get_turn, open_later
 from somastack.config import Settings
+from somastack.errors import NotFound
+from somastack.store import Database
 
 PROMPT = "You are a helpful assistant. Answer briefly."
 
@@ -369,3 +373,22 @@ def test_session_tools_per_min_gates_tool_calls(agent: Agent, db: psycopg.Connec
     error = next(e["data"] for e in events if e["type"] == "error")
     assert error["type"] == "rate-limited" and error["field"] == "budgets.tools_per_min"
     _ledger_consistent(db, agent.tenant, session["jti"], events[-1]["data"])
+
+
+
+@pytest.mark.asyncio
+async def test_a_turn_whose_row_is_not_written_yet_is_read_when_it_is(
+        database: Database, tenant: str) -> None:
+    """Without an Idempotency-Key a turn's row is written with its first events, after its
+    stream (and id) went out: a read in that window waits for the row instead of a 404."""
+    turn = Turn(tenant=tenant, id=f"turn_{uuid.uuid4().hex[:20]}", session_id="s1",
+                persona_hash="sha3:p", status="running", inputs={"text": "hi"}, trace_id="tr",
+                request_hash="h")
+    write = open_later(database, turn)
+    reading = asyncio.ensure_future(get_turn(database, tenant, turn.id))
+    await asyncio.sleep(0.3)
+    assert not reading.done()  # waiting, not 404
+    await write
+    assert (await reading).id == turn.id
+    with pytest.raises(NotFound):  # a turn nobody started is still a 404, at once
+        await asyncio.wait_for(get_turn(database, tenant, "turn_unknown"), 2)

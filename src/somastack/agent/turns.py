@@ -9,6 +9,7 @@ that is still running by polling its rows, which works across server processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable
@@ -25,6 +26,11 @@ from somastack.store.oneshot import run_one
 
 TERMINAL = ("done", "error", "cancelled")
 TAIL_POLL_S = 0.05
+# Turns started in this process whose row is not written yet: a turn without an Idempotency-Key
+# writes its row with its first events (open_later). Reading such a turn waits for the row (up
+# to OPENING_WAIT_S) instead of answering 404 for a turn whose id the client already holds.
+_OPENING: dict[tuple[str, str], asyncio.Event] = {}
+OPENING_WAIT_S = 10.0
 
 
 @dataclass
@@ -100,7 +106,26 @@ async def open_turn(db: Database, turn: Turn, idempotency_key: str | None) -> tu
     return first, False
 
 
+def open_later(db: Database, turn: Turn) -> Awaitable[Turn]:
+    """The write of a new turn's row (no Idempotency-Key), for its event log to run later;
+    until it is done, `get_turn` of this turn in this process waits for it."""
+    key = (turn.tenant, turn.id)
+    written = _OPENING[key] = asyncio.Event()
+
+    async def write() -> Turn:
+        try:
+            return (await open_turn(db, turn, None))[0]
+        finally:
+            written.set()
+            _OPENING.pop(key, None)
+    return write()
+
+
 async def get_turn(db: Database, tenant: str, turn_id: str) -> Turn:
+    opening = _OPENING.get((tenant, turn_id))
+    if opening is not None:  # started here, row not written yet
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(opening.wait(), OPENING_WAIT_S)
     async with db.tenant(tenant) as conn:
         rows = await fetch_rows(conn, "SELECT * FROM turns WHERE tenant_id = %s AND id = %s",
                                 (tenant, turn_id))

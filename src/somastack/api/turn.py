@@ -34,6 +34,7 @@ from somastack.agent.turns import (
     events_after,
     get_turn,
     list_turns,
+    open_later,
     open_turn,
     parse_event_id,
     request_hash,
@@ -237,7 +238,7 @@ async def run_turn(
                  request_hash=request_hash(body.model_dump(mode="json")))
     opening: Awaitable[Any] | None = None
     if idempotency_key is None:  # nothing to replay: the row is written with the first events
-        turn, opening = fresh, open_turn(s.db, fresh, None)
+        turn, opening = fresh, open_later(s.db, fresh)
     else:
         turn, created = await open_turn(s.db, fresh, idempotency_key)
         if not created:  # a retry: replay the first run, never run it again
