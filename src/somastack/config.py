@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     wm_dedupe_cosine: float = Field(default=0.95, gt=0, le=1, description="near-copy threshold")
     wm_ttl_s: int = Field(default=24 * 3600, gt=0, description="idle session working memory expires")
     brain_trace_size: int = Field(default=50, ge=1, le=500, description="ranked memories a trace keeps")
+    brain_trace_days: float = Field(default=30, gt=0, description="days a recall trace is kept for "
+                                    "feedback; older traces are deleted")
     brain_learning_rate: float = Field(default=0.2, gt=0, description="step of the θ gradient ascent")
     brain_temperature: float = Field(default=0.5, gt=0, description="softmax τ of the θ learning")
     brain_weight_min: float = Field(default=0.01, ge=0, description="lower bound of every θ_f")

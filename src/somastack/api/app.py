@@ -29,6 +29,7 @@ from somastack.api.deps import AppState
 from somastack.api.metrics import LatencyMiddleware, Metrics
 from somastack.brain import memory as memory_store
 from somastack.brain.embed import AsyncEmbedder, build_embedder
+from somastack.brain.feedback import purge_traces
 from somastack.config import Settings, get_settings
 from somastack.governance.runtime import prepare
 from somastack.ledger import expire_reservations
@@ -40,7 +41,7 @@ PURGE_EVERY_S = 60.0
 STALE_RESERVATION_S = 900.0  # far beyond the longest model call or tool run
 
 
-async def _purge_forever(db: Database) -> None:
+async def _purge_forever(db: Database, settings: Settings) -> None:
     while True:
         await asyncio.sleep(PURGE_EVERY_S)
         try:
@@ -51,6 +52,10 @@ async def _purge_forever(db: Database) -> None:
             await expire_reservations(db, STALE_RESERVATION_S)
         except Exception:
             log.exception("expiring stale budget reservations failed")
+        try:
+            await purge_traces(db, settings.brain_trace_days)
+        except Exception:
+            log.exception("deleting old recall traces failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.soma = AppState(settings=settings, db=db, embedder=embedder, metrics=metrics,
                                   governance=gov)
         relay = OutboxRelay(db, settings) if settings.nats_url else None
-        tasks = [asyncio.create_task(_purge_forever(db)), asyncio.create_task(gov.watch(db))]
+        tasks = [asyncio.create_task(_purge_forever(db, settings)), asyncio.create_task(gov.watch(db))]
         if relay is not None:
             tasks.append(asyncio.create_task(relay.run_forever()))
         try:

@@ -179,7 +179,9 @@ async def evaluate(body: EvaluateIn, request: Request, s: State, who: Reader) ->
 
 @router.post("/feedback", response_model=FeedbackOut)
 async def give_feedback(body: FeedbackIn, s: State, who: Writer) -> Any:
-    """Learn from a trace: a projected gradient step on θ, ρ and link conductance (all or nothing)."""
+    """Learn from a trace: a projected gradient step on θ, ρ and link conductance (all or nothing).
+
+    Traces are kept SOMA_BRAIN_TRACE_DAYS days (default 30); feedback on an older one is 404."""
     return (await feedback.feedback(s.db, s.settings, who.tenant_id, body.trace_id,
                                     list(dict.fromkeys(body.used_ids)), body.reward)).__dict__
 

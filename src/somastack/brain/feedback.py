@@ -82,6 +82,24 @@ async def _update_conductance(conn: psycopg.AsyncConnection, tenant: str, return
     return len(links)
 
 
+PURGE_BATCH = 5000  # traces deleted per statement: short transactions, no long lock
+
+
+async def purge_traces(db: Database, older_than_days: float) -> int:
+    """Delete every tenant's traces older than the retention (settings.brain_trace_days), in
+    batches; returns how many. Feedback on a deleted trace is 404 `trace_id`."""
+    total = 0
+    while True:
+        async with db.system() as conn:
+            cur = await conn.execute(
+                "DELETE FROM brain_traces WHERE id IN (SELECT id FROM brain_traces "
+                "WHERE created_at < now() - make_interval(secs => %s) LIMIT %s)",
+                (older_than_days * 86400, PURGE_BATCH))
+        total += cur.rowcount
+        if cur.rowcount < PURGE_BATCH:
+            return total
+
+
 async def feedback(db: Database, settings: Settings, tenant: str, trace_id: UUID, used_ids: list[UUID],
                    reward: float) -> FeedbackResult:
     """Learn from how the memories of one trace served; see the module docstring."""
@@ -92,7 +110,8 @@ async def feedback(db: Database, settings: Settings, tenant: str, trace_id: UUID
             "FOR UPDATE", (tenant, trace_id))
         trace = await cur.fetchone()
         if trace is None:
-            raise NotFound(f"trace {trace_id} not found", field="trace_id")
+            raise NotFound(f"trace {trace_id} not found (traces are kept "
+                           f"{settings.brain_trace_days:g} days)", field="trace_id")
         if trace["feedback_at"] is not None:
             raise Conflict(f"trace {trace_id} already has feedback", field="trace_id")
         returned = [UUID(it["id"]) for it in trace["items"]]
