@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +28,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, description="API worker processes; one per core is a good start")
     pool_min: int = 2
     pool_max: int = 10
+    heavy_queries: int = Field(
+        default_factory=lambda: (os.cpu_count() or 1) + 1, ge=1,
+        description="expensive read queries (recall's candidate query) run at once per process; "
+                    "the rest wait their turn (default: cores + 1)")
 
     embedder: str = Field(default="local", description="local | openai")
     embed_threads: int = Field(default=1, description="onnxruntime intra-op threads per call")

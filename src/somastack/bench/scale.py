@@ -180,7 +180,7 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
                     f"hit_at_{top_k}": round(float(np.mean([p > 0 for p in precision])), 4)},
         "overhead_ratio": {p: round(http_ms[p] / raw_ms[p], 2) for p in ("p50", "p95") if raw_ms[p]},
         "server_ms_median": {k: round(float(np.median([t[k] for t in server_timings])), 2)
-                             for k in ("embed", "candidates", "score", "total")},
+                             for k in ("embed", "admit", "candidates", "score", "total")},
         "machine": {"cpus": os.cpu_count()},
         "note": "recall_ms is measured after settle_s (VACUUM ANALYZE and CHECKPOINT after the "
                 "ingest) and is end-to-end over HTTP (query embedding included), from clients on "

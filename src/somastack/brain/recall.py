@@ -216,6 +216,7 @@ async def recall(
     theta = {k: (0.0 if k in q.ablate else v) for k, v in (weights or DEFAULT_WEIGHTS).items()}
     switches = set(q.ablate) & set(STAGES)
     t0 = time.perf_counter()
+    admitted = False
     # The query is embedded while its lexical plan is read: neither needs the other.
     embedding = asyncio.ensure_future(_timed(embedder.embed([q.text])))
     try:
@@ -232,17 +233,22 @@ async def recall(
                 vecs, embed_s = np.concatenate([vecs, stripped]), embed_s + more_s
             qvec = query_vector(vecs)
             t2 = time.perf_counter()
+            await db.heavy.acquire()  # admission: see Database.heavy
+            admitted, t2a = True, time.perf_counter()
             sent = await cand.send(conn, tenant, q, qvec, plan, embedder.id,
                                    max(candidates, q.top_k), neighbours="neighbours" not in switches)
+        c = await cand.unpack(sent, qvec, speakers)
     finally:
         embedding.cancel()  # only matters when the plan failed: nobody waits for it then
-    c = await cand.unpack(sent, qvec, speakers)
+        if admitted:
+            db.heavy.release()
     t3 = time.perf_counter()
     total, terms = score(c, theta, q.text, switches) if len(c) else (np.zeros(0), {})
     top = np.argsort(-total, kind="stable")[: q.top_k]
     evidence = [_evidence(c, int(i), total[i], terms, q.include_scores) for i in top]
     t4 = time.perf_counter()
-    timings = {"plan": t1 - t0, "embed": embed_s, "wait": t2 - t1, "candidates": t3 - t2,
+    timings = {"plan": t1 - t0, "embed": embed_s, "wait": t2 - t1, "admit": t2a - t2,
+               "candidates": t3 - t2a,
                "score": t4 - t3, "total": t4 - t0}
     return RecallResult(evidence, {k: round(v * 1000, 3) for k, v in timings.items()}, len(c), theta)
 

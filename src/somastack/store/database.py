@@ -47,6 +47,11 @@ class Database:
     url: str
     embedded: bool
     pool: AsyncConnectionPool
+    # Admission for expensive read queries (recall's candidate query): at most
+    # settings.heavy_queries run at once; the rest wait here rather than in PostgreSQL. With 8
+    # recalls in flight on 2 cores, 8 backends crowded out the event loop and the embedding
+    # thread, and recall p95 was ~11% higher, throughput ~5% lower (docs/recall.md, Speed).
+    heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(3))
     listeners: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
@@ -67,7 +72,8 @@ class Database:
             open=False,
         )
         await pool.open(wait=True, timeout=30)
-        return cls(url=url, embedded=is_embedded, pool=pool)
+        return cls(url=url, embedded=is_embedded, pool=pool,
+                   heavy=asyncio.Semaphore(settings.heavy_queries))
 
     async def close(self) -> None:
         for task in self.listeners.values():
