@@ -42,6 +42,7 @@ def test_identity_verbs(fresh_server: str, fresh_settings: Settings) -> None:
     ok(session, "recall", "session")  # still valid after rotation
     minted = json.loads(ok(owner, "token", "mint", "--persona-hash", persona, "--policy-hash", "q",
                            "--json"))
+    assert not minted["jti"].startswith("-")  # an id is a CLI argument, never an option
     ok(owner, "token", "revoke", minted["jti"])
     ok(admin, "tenant", "disable", tenant)
     assert run_soma(owner, "key", "list").returncode == 1

@@ -191,6 +191,8 @@ def token_mint(
 
 @token_app.command("revoke")
 def token_revoke(jti: str) -> None:
+    """Revoke a session token by its id (`jti`). Older ids may start with '-': pass such an id
+    after `--` (soma token revoke -- -abc…)."""
     call("POST", "/v1/session/revoke", json={"jti": jti})
     console.print(f"revoked {jti}")
 

@@ -73,7 +73,9 @@ async def mint(conn: psycopg.AsyncConnection, principal: Principal, req: MintReq
     scopes = _token_scopes(principal, req)
     kid, key = await signing.active_private(conn)
     now = int(time.time())
-    jti = secrets.token_urlsafe(18)
+    # Hex: a token id is a CLI argument (`soma token revoke JTI`), and a urlsafe one could
+    # start with '-' and be read as an option (1 in 32).
+    jti = secrets.token_hex(16)
     claims: dict[str, Any] = {
         "iss": issuer, "sub": principal.actor, "ten": principal.tenant_id, "jti": jti,
         "iat": now, "nbf": now, "exp": now + req.ttl_s, "cst": constitution.checksum,
