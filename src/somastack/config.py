@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, description="API worker processes; one per core is a good start")
     pool_min: int = 2
     pool_max: int = 10
+    gil_switch_ms: float = Field(default=0.5, gt=0, le=100, description="the server's Python thread "
+                                 "switch interval (CPython's default is 5 ms)")
     heavy_queries: int = Field(
         default_factory=lambda: (os.cpu_count() or 1) + 1, ge=1,
         description="expensive read queries (recall's candidate query) run at once per process; "

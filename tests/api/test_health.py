@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
+
 from somastack import Client
+from somastack.config import Settings
 
 
 def test_health_ready_and_metrics(client: Client) -> None:
@@ -25,3 +30,10 @@ def test_health_ready_and_metrics(client: Client) -> None:
 def test_openapi_is_published(client: Client) -> None:
     spec = client.http.get("/openapi.json").json()
     assert "/v1/memory/recall" in spec["paths"] and "/v1/memory/{id}" in spec["paths"]
+
+
+def test_the_server_sets_its_thread_switch_interval(client: Client, settings: Settings) -> None:
+    """The server (in this process) hands the GIL over every gil_switch_ms, not every 5 ms."""
+    assert client.http.get("/healthz").status_code == 200
+    assert sys.getswitchinterval() == pytest.approx(settings.gil_switch_ms / 1000)
+    assert settings.gil_switch_ms < 5
