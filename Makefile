@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 run: $(STAMP)
 	$(BIN)/soma serve
 
-test: $(STAMP) services
+test: $(STAMP) services lint
 	$(BIN)/pytest -q
 
 install: $(STAMP)

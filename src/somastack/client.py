@@ -10,6 +10,7 @@ Both build the same `_Call`s, so the two stay identical verb for verb:
 
 from __future__ import annotations
 
+import builtins  # annotations after a class's `list` method would name the method, not the type
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class _Calls:
                      {"src": str(src), "dst": str(dst), "rel": rel, "weight": weight})
 
     @staticmethod
-    def link_batch(links: list[dict[str, Any]]) -> _Call:
+    def link_batch(links: builtins.list[dict[str, Any]]) -> _Call:
         return _Call("POST", "/v1/memory/link/batch", {"links": links})
 
     @staticmethod
@@ -235,7 +236,7 @@ class Client:
     def link(self, src: str, dst: str, rel: str = "related", weight: float = 1.0) -> Any:
         return self._do(_Calls.link(src, dst, rel, weight))
 
-    def link_batch(self, links: list[dict[str, Any]]) -> Any:
+    def link_batch(self, links: builtins.list[dict[str, Any]]) -> Any:
         return self._do(_Calls.link_batch(links))
 
     def links(self, memory_id: str) -> Any:
@@ -371,7 +372,7 @@ class AsyncClient:
     async def link(self, src: str, dst: str, rel: str = "related", weight: float = 1.0) -> Any:
         return await self._do(_Calls.link(src, dst, rel, weight))
 
-    async def link_batch(self, links: list[dict[str, Any]]) -> Any:
+    async def link_batch(self, links: builtins.list[dict[str, Any]]) -> Any:
         return await self._do(_Calls.link_batch(links))
 
     async def links(self, memory_id: str) -> Any:

@@ -88,12 +88,20 @@ ARGS_MAX_TOKENS = 256
 
 
 class PersonaLike(Protocol):
-    name: str
-    hash: str
-    system_prompt: str
-    providers: list[str]
-    tools: list[str]
-    namespace: str
+    """What a turn reads of its persona (read-only, so a frozen dataclass satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def system_prompt(self) -> str: ...
+    @property
+    def providers(self) -> list[str]: ...
+    @property
+    def tools(self) -> list[str]: ...
+    @property
+    def namespace(self) -> str: ...
 
 
 AuthorizeTool = Callable[[str, dict[str, Any]], Any]  # (tool, args) -> awaitable Decision

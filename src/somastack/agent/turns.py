@@ -136,7 +136,8 @@ async def get_turn(db: Database, tenant: str, turn_id: str) -> Turn:
 
 async def list_turns(db: Database, tenant: str, session_id: str | None, limit: int,
                      before: datetime | None = None) -> list[Turn]:
-    where, params = ["tenant_id = %s"], [tenant]
+    where = ["tenant_id = %s"]
+    params: list[str | datetime] = [tenant]
     if session_id:
         where.append("session_id = %s")
         params.append(session_id)

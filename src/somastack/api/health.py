@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg.rows import dict_row
 
 from somastack.api.deps import State
 from somastack.api.problems import problem
@@ -27,7 +28,7 @@ async def readyz(s: State) -> Any:
     checks: dict[str, Any] = {"embedder": s.embedder.id}
     try:
         async with s.db.system() as conn:
-            cur = await conn.execute("SELECT version FROM schema_migrations")
+            cur = await conn.cursor(row_factory=dict_row).execute("SELECT version FROM schema_migrations")
             have = {r["version"] for r in await cur.fetchall()}
         missing = [m.version for m in migrate.available() if m.version not in have]
         checks["database"] = "ok"
@@ -44,7 +45,8 @@ async def readyz(s: State) -> Any:
 async def metrics(s: State) -> Response:
     """Prometheus text format."""
     async with s.db.system() as conn:
-        cur = await conn.execute(f"SELECT count(*) AS n FROM memories WHERE {LIVE}")
+        cur = await conn.cursor(row_factory=dict_row).execute(
+            f"SELECT count(*) AS n FROM memories WHERE {LIVE}")
         row = await cur.fetchone()
     m = s.metrics
     m.memories.set(row["n"] if row else 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints
@@ -117,9 +117,11 @@ class RecallIn(Strict):
 
     def to_query(self) -> RecallQuery:
         f = self.filters
+        # list is invariant, so list[Kind] is not a list[str] to mypy; the values are strs
+        kinds = cast(list[str] | None, f.kind)
         return RecallQuery(
             text=self.query, namespace=self.namespace, top_k=self.top_k,
-            filters=RecallFilters(kinds=f.kind, tags=f.tags, time_from=f.time_from,
+            filters=RecallFilters(kinds=kinds, tags=f.tags, time_from=f.time_from,
                                   time_to=f.time_to, metadata=f.metadata),
             include_scores=self.include_scores, ablate=self.ablate,
         )

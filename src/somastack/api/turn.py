@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from somastack.agent.personas import Persona, get_persona
 from somastack.agent.tools import Decision
-from somastack.agent.turn import Runtime, TurnSpec, drive
+from somastack.agent.turn import Memory, Runtime, TurnSpec, drive
 from somastack.agent.turns import (
     EventLog,
     Turn,
@@ -113,7 +113,7 @@ def _session(who: Principal, session_id: str) -> dict[str, Any]:
 
 
 def _allowed(body: TurnIn, claims: dict[str, Any], persona_tools: list[str], known: list[str]
-             ) -> tuple[list[str], str]:
+             ) -> tuple[list[str], Memory]:
     token_allow = claims.get("allow") or {}
     token_tools = set(token_allow.get("tools") or [])
     if body.allow.tools is None:

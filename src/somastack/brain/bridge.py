@@ -19,6 +19,7 @@ from uuid import UUID
 
 import numpy as np
 import psycopg
+from psycopg.rows import dict_row
 from scipy.sparse.csgraph import dijkstra
 
 from somastack.brain import frgo, sinkhorn
@@ -102,12 +103,12 @@ def cue_distribution(vectors: np.ndarray, cue: np.ndarray | int) -> np.ndarray:
     return sinkhorn.softmax(vectors @ cue, CUE_TEMPERATURE)
 
 
-async def _resolve(conn: psycopg.AsyncConnection, embedder: AsyncEmbedder, tenant: str, cue: Cue,
+async def _resolve(conn: psycopg.AsyncConnection[Any], embedder: AsyncEmbedder, tenant: str, cue: Cue,
                    name: str) -> tuple[np.ndarray, UUID | None]:
     if cue.memory_id is None:
         assert cue.text is not None
         return (await embedder.embed([cue.text]))[0], None
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         f"SELECT embedding FROM memories m WHERE tenant_id = %s AND id = %s AND {LIVE_M}",
         (tenant, cue.memory_id))
     row = await cur.fetchone()
@@ -116,12 +117,13 @@ async def _resolve(conn: psycopg.AsyncConnection, embedder: AsyncEmbedder, tenan
     return row["embedding"].to_numpy(), cue.memory_id
 
 
-async def _nodes(conn: psycopg.AsyncConnection, tenant: str, namespace: str | None, cues: list[np.ndarray],
-                 fixed: list[UUID], per_cue: int, max_hops: int, cap: int, dims: int) -> list[UUID]:
+async def _nodes(conn: psycopg.AsyncConnection[Any], tenant: str, namespace: str | None,
+                 cues: list[np.ndarray], fixed: list[UUID], per_cue: int, max_hops: int, cap: int,
+                 dims: int) -> list[UUID]:
     ns = "AND m.namespace = %(ns)s" if namespace is not None else ""
     nodes: dict[UUID, None] = dict.fromkeys(fixed)
     for q in cues:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT m.id FROM memories m WHERE m.tenant_id = %(t)s AND {LIVE_M} {ns} "
             f"AND vector_dims(m.embedding) = {dims} "
             f"ORDER BY (m.embedding::vector({dims})) <=> %(q)s::vector({dims}) LIMIT %(n)s",
@@ -131,7 +133,7 @@ async def _nodes(conn: psycopg.AsyncConnection, tenant: str, namespace: str | No
     for _ in range(max_hops - 1):
         if not frontier or len(nodes) >= cap:
             break
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT src AS a, dst AS b FROM memory_links WHERE tenant_id = %(t)s AND "
             "(src = ANY(%(f)s) OR dst = ANY(%(f)s)) ORDER BY created_at LIMIT %(cap)s",
             {"t": tenant, "f": frontier, "cap": cap * 4})
@@ -150,11 +152,11 @@ async def plan(db: Database, embedder: AsyncEmbedder, tenant: str, source: Cue, 
         qb, idb = await _resolve(conn, embedder, tenant, target, "to")
         ids = await _nodes(conn, tenant, namespace, [qa, qb], [x for x in (ida, idb) if x], per_cue,
                            max_hops, max_nodes, embedder.dims)
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT m.id, m.namespace, m.content, m.event_time, m.embedding FROM memories m "
             f"WHERE m.tenant_id = %s AND m.id = ANY(%s) AND {LIVE_M}", (tenant, ids))
         rows = {r["id"]: r for r in await cur.fetchall()}
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT l.src, l.dst, l.weight, coalesce(c.conductance, %s) AS conductance "
             "FROM memory_links l LEFT JOIN link_conductance c "
             "  ON (c.tenant_id, c.src, c.dst, c.rel) = (l.tenant_id, l.src, l.dst, l.rel) "

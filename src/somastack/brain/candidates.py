@@ -102,7 +102,7 @@ def plan_terms(terms: list[tuple[str, int]], docs: float, total_len: float,
                        None if docs <= SMALL_NAMESPACE else max_postings)
 
 
-async def query_context(conn: psycopg.AsyncConnection, tenant: str, namespace: str | None,
+async def query_context(conn: psycopg.AsyncConnection[Any], tenant: str, namespace: str | None,
                         text: str) -> tuple[LexicalPlan, list[str]]:
     """In one round trip: the query's terms stemmed as the index does, looked up in the namespace
     statistics (→ the BM25 plan), and the speakers known in the namespace."""

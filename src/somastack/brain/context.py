@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from tokenizers import Tokenizer
 
@@ -125,15 +126,16 @@ def assemble_prompt(query: str, memories: list[dict[str, Any]], wm_items: list[W
     return "".join(parts), used, cited
 
 
-async def _vectors(conn: psycopg.AsyncConnection, tenant: str, ids: list[str]) -> dict[str, np.ndarray]:
-    cur = await conn.execute("SELECT id, embedding FROM memories WHERE tenant_id = %s AND id = ANY(%s)",
-                             (tenant, [uuid.UUID(i) for i in ids]))
+async def _vectors(conn: psycopg.AsyncConnection[Any], tenant: str, ids: list[str]) -> dict[str, np.ndarray]:
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT id, embedding FROM memories WHERE tenant_id = %s AND id = ANY(%s)",
+        (tenant, [uuid.UUID(i) for i in ids]))
     return {str(r["id"]): r["embedding"].to_numpy() for r in await cur.fetchall()}
 
 
-async def load_density(conn: psycopg.AsyncConnection, tenant: str, namespace: str | None,
+async def load_density(conn: psycopg.AsyncConnection[Any], tenant: str, namespace: str | None,
                        dims: int) -> np.ndarray | None:
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT rho, dims FROM brain_density WHERE tenant_id = %s AND namespace = %s",
         (tenant, namespace or ALL_NAMESPACES))
     row = await cur.fetchone()

@@ -11,10 +11,12 @@ and a second feedback on it is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import numpy as np
 import psycopg
+from psycopg.rows import dict_row
 
 from somastack.brain import density, frgo, weights
 from somastack.brain.context import ALL_NAMESPACES, load_density
@@ -38,9 +40,9 @@ def conductance_rule(settings: Settings) -> frgo.Conductance:
                             settings.frgo_min, settings.frgo_max, settings.frgo_initial)
 
 
-async def _update_density(conn: psycopg.AsyncConnection, tenant: str, namespace: str | None,
+async def _update_density(conn: psycopg.AsyncConnection[Any], tenant: str, namespace: str | None,
                           used: list[UUID], rate: float) -> bool:
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT embedding FROM memories WHERE tenant_id = %s AND id = ANY(%s)", (tenant, used))
     vecs = [r["embedding"].to_numpy() for r in await cur.fetchall()]
     if not vecs:
@@ -57,9 +59,9 @@ async def _update_density(conn: psycopg.AsyncConnection, tenant: str, namespace:
     return True
 
 
-async def _update_conductance(conn: psycopg.AsyncConnection, tenant: str, returned: list[UUID],
+async def _update_conductance(conn: psycopg.AsyncConnection[Any], tenant: str, returned: list[UUID],
                               used: set[UUID], reward: float, rule: frgo.Conductance) -> int:
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT l.src, l.dst, l.rel, coalesce(c.conductance, %s) AS conductance "
         "FROM memory_links l LEFT JOIN link_conductance c "
         "  ON (c.tenant_id, c.src, c.dst, c.rel) = (l.tenant_id, l.src, l.dst, l.rel) "
@@ -105,7 +107,7 @@ async def feedback(db: Database, settings: Settings, tenant: str, trace_id: UUID
     """Learn from how the memories of one trace served; see the module docstring."""
     bounds = weights.bounds_from(settings)
     async with db.tenant(tenant) as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT namespace, items, feedback_at FROM brain_traces WHERE tenant_id = %s AND id = %s "
             "FOR UPDATE", (tenant, trace_id))
         trace = await cur.fetchone()

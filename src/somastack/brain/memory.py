@@ -15,6 +15,7 @@ from uuid import UUID
 
 import numpy as np
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from somastack.brain.embed import AsyncEmbedder
@@ -159,10 +160,10 @@ async def remember(
 
 
 async def _write(
-    conn: psycopg.AsyncConnection, tenant: str, drafts: list[MemoryDraft],
+    conn: psycopg.AsyncConnection[Any], tenant: str, drafts: list[MemoryDraft],
     vectors: Awaitable[list[np.ndarray]], embedder_id: str, timings: dict[str, float] | None,
 ) -> list[Written]:
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         f"SELECT id, namespace, {', '.join(_ROW_FIELDS)} FROM memories "
         "WHERE tenant_id = %s AND namespace = ANY(%s) AND (key = ANY(%s) OR content_hash = ANY(%s)) "
         "FOR UPDATE",
@@ -185,6 +186,7 @@ async def _write(
     inserts: dict[UUID, dict[str, Any]] = {}
     updates: dict[UUID, dict[str, Any]] = {}
     out: list[Written] = []
+    target: dict[str, Any] | None  # the merge branch picks one of two optionals, then asserts
     for r in new_rows:
         ns = r["namespace"]
         same_key = by_key.get((ns, r["key"])) if r["key"] else None
@@ -237,7 +239,7 @@ async def get(db: Database, tenant: str, memory_id: UUID, *, include_embedding: 
               ) -> dict[str, Any]:
     """One live memory of this tenant, or NotFound."""
     async with db.tenant(tenant) as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT {_columns(include_embedding)} FROM memories "
             f"WHERE id = %s AND tenant_id = %s AND {LIVE}",
             (memory_id, tenant),
@@ -263,7 +265,7 @@ async def update(
     sets = ", ".join(f"{k} = %({k})s" for k in changes)
     try:
         async with db.tenant(tenant) as conn:
-            cur = await conn.execute(
+            cur = await conn.cursor(row_factory=dict_row).execute(
                 f"UPDATE memories SET {sets}{', ' if sets else ''}updated_at = now() "
                 f"WHERE id = %(id)s AND tenant_id = %(tenant)s AND {LIVE} "
                 f"RETURNING {MEMORY_COLUMNS}",
@@ -286,7 +288,7 @@ async def update(
 
 async def _chain_neighbours(db: Database, tenant: str, memory_id: UUID) -> set[UUID]:
     async with db.tenant(tenant) as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT src AS other FROM memory_links WHERE tenant_id = %(t)s AND dst = %(id)s AND rel = %(r)s "
             "UNION SELECT dst FROM memory_links WHERE tenant_id = %(t)s AND src = %(id)s AND rel = %(r)s",
             {"t": tenant, "id": memory_id, "r": CHAIN},
@@ -341,7 +343,7 @@ async def list_page(
         params["at"], params["after"] = decode_cursor(cursor)
         where.append("(created_at, id) > (%(at)s, %(after)s)")
     async with db.tenant(tenant) as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT {_columns(include_embedding)} FROM memories WHERE {' AND '.join(where)} "
             "ORDER BY created_at, id LIMIT %(limit)s",
             params,
@@ -365,7 +367,7 @@ async def refresh_context(db: Database, embedder: AsyncEmbedder, tenant: str, id
     if not ids:
         return
     async with db.tenant(tenant) as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"""SELECT m.id, m.content,
               (SELECT p.content FROM memory_links l JOIN memories p ON p.id = l.src
                 WHERE l.tenant_id = m.tenant_id AND l.dst = m.id AND l.rel = '{CHAIN}' LIMIT 1) AS prev,
@@ -403,7 +405,7 @@ async def link_many(db: Database, tenant: str, links: list[tuple[UUID, UUID, str
     is given.
     """
     async with db.tenant(tenant) as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT id FROM memories WHERE tenant_id = %s AND id = ANY(%s) AND {LIVE}",
             (tenant, list({m for s, d, _, _ in links for m in (s, d)})),
         )
@@ -415,7 +417,7 @@ async def link_many(db: Database, tenant: str, links: list[tuple[UUID, UUID, str
         unique = {(s, d, r): w for s, d, r, w in links}  # the last weight given for a triple wins
         values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(unique))
         params = [x for (s, d, r), w in unique.items() for x in (tenant, s, d, r, w)]
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"INSERT INTO memory_links (tenant_id, src, dst, rel, weight) VALUES {values} "
             "ON CONFLICT (tenant_id, src, dst, rel) DO UPDATE SET weight = EXCLUDED.weight "
             "RETURNING src, dst, rel, weight, created_at",
@@ -432,7 +434,7 @@ async def links_of(db: Database, tenant: str, memory_id: UUID) -> dict[str, list
     """Outgoing and incoming links of one memory."""
     await get(db, tenant, memory_id)
     async with db.tenant(tenant) as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT src, dst, rel, weight, created_at FROM memory_links "
             "WHERE tenant_id = %s AND (src = %s OR dst = %s) ORDER BY created_at",
             (tenant, memory_id, memory_id),

@@ -21,6 +21,7 @@ from uuid import UUID
 
 import numpy as np
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from somastack.brain import recall
@@ -89,14 +90,14 @@ def step(theta: dict[str, float], x: np.ndarray, used: np.ndarray, reward: float
     return project(dict(zip(names, moved.tolist(), strict=True)), bounds)
 
 
-async def lock(conn: psycopg.AsyncConnection, tenant: str) -> None:
+async def lock(conn: psycopg.AsyncConnection[Any], tenant: str) -> None:
     """Serialise θ writers of one tenant until the transaction ends."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 3))", (f"theta|{tenant}",))
 
 
-async def current(conn: psycopg.AsyncConnection, tenant: str, bounds: Bounds) -> WeightsVersion:
+async def current(conn: psycopg.AsyncConnection[Any], tenant: str, bounds: Bounds) -> WeightsVersion:
     """The newest θ of the tenant, projected into today's bounds (version 0: the defaults)."""
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT version, weights, reason, created_at, trace_id FROM brain_weights "
         "WHERE tenant_id = %s ORDER BY version DESC LIMIT 1", (tenant,))
     row = await cur.fetchone()
@@ -106,10 +107,10 @@ async def current(conn: psycopg.AsyncConnection, tenant: str, bounds: Bounds) ->
                           row["created_at"], row["trace_id"])
 
 
-async def save(conn: psycopg.AsyncConnection, tenant: str, theta: dict[str, float], reason: str,
+async def save(conn: psycopg.AsyncConnection[Any], tenant: str, theta: dict[str, float], reason: str,
                trace_id: UUID | None = None) -> WeightsVersion:
     """Store θ as the tenant's next version (call under `lock`)."""
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "INSERT INTO brain_weights (tenant_id, version, weights, reason, trace_id) "
         "SELECT %(t)s, coalesce(max(version), 0) + 1, %(w)s, %(r)s, %(tr)s FROM brain_weights "
         "WHERE tenant_id = %(t)s RETURNING version, created_at",
@@ -119,22 +120,22 @@ async def save(conn: psycopg.AsyncConnection, tenant: str, theta: dict[str, floa
     return WeightsVersion(row["version"], theta, reason, row["created_at"], trace_id)
 
 
-async def history(conn: psycopg.AsyncConnection, tenant: str, limit: int) -> list[WeightsVersion]:
-    cur = await conn.execute(
+async def history(conn: psycopg.AsyncConnection[Any], tenant: str, limit: int) -> list[WeightsVersion]:
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT version, weights, reason, created_at, trace_id FROM brain_weights "
         "WHERE tenant_id = %s ORDER BY version DESC LIMIT %s", (tenant, limit))
     return [WeightsVersion(r["version"], r["weights"], r["reason"], r["created_at"], r["trace_id"])
             for r in await cur.fetchall()]
 
 
-async def rollback(conn: psycopg.AsyncConnection, tenant: str, version: int, bounds: Bounds
+async def rollback(conn: psycopg.AsyncConnection[Any], tenant: str, version: int, bounds: Bounds
                    ) -> WeightsVersion:
     """Write θ of `version` (0 = the defaults) again as the newest version."""
     await lock(conn, tenant)
     if version == 0:
         theta: dict[str, Any] = dict(recall.DEFAULT_WEIGHTS)
     else:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT weights FROM brain_weights WHERE tenant_id = %s AND version = %s", (tenant, version))
         row = await cur.fetchone()
         if row is None:

@@ -18,11 +18,12 @@ import base64
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import psycopg
 import redis.asyncio as aioredis
+from psycopg.rows import dict_row
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.exceptions import WatchError
@@ -131,8 +132,8 @@ class PostgresWorkingMemory:
     def __init__(self, db: Database, policy: WMPolicy) -> None:
         self.db, self.policy = db, policy
 
-    async def _load(self, conn: psycopg.AsyncConnection, tenant: str, session: str) -> list[WMItem]:
-        cur = await conn.execute(
+    async def _load(self, conn: psycopg.AsyncConnection[Any], tenant: str, session: str) -> list[WMItem]:
+        cur = await conn.cursor(row_factory=dict_row).execute(
             "SELECT item_key, memory_id, content, vector, source, hits, "
             "extract(epoch FROM admitted_at) AS admitted, extract(epoch FROM seen_at) AS seen "
             "FROM working_memory WHERE tenant_id = %s AND session_id = %s ORDER BY admitted_at",

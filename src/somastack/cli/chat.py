@@ -107,7 +107,8 @@ def turn(
                                "max_tokens": max_tokens}
     if tool is not None:
         options["allow"] = {"tools": tool}
-    events, state = [], {}
+    events: list[dict[str, Any]] = []
+    state: dict[str, Any] = {}
     for event in _guarded(c.turn(sess, text, idempotency_key=idempotency_key, **options)):
         events.append(event)
         if not json_out:

@@ -7,7 +7,7 @@ import atexit
 import signal
 import socket
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import typer
@@ -99,7 +99,7 @@ def db_status(json_out: Annotated[bool, typer.Option("--json")] = False) -> None
         version = conn.execute("SHOW server_version").fetchone()
         vec = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
         have = migrate.applied(conn)
-    info = {
+    info: dict[str, Any] = {
         "server": f"embedded ({s.home_dir})" if embedded else "external (SOMA_DATABASE_URL)",
         "postgresql": version[0] if version else None,
         "pgvector": vec[0] if vec else None,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -152,7 +154,7 @@ def import_(
         task = bar.add_task(f"import {file.name}", total=len(lines), completed=done)
         for start in range(done, len(lines), batch_size):
             items = [_import_item(line, reembed) for line in lines[start : start + batch_size]]
-            api_call(lambda items=items: c.remember_batch(items, namespace=namespace))
+            api_call(partial(c.remember_batch, items, namespace=namespace))
             done = min(start + batch_size, len(lines))
             _save_progress(state_file, done)
             bar.update(task, completed=done)
@@ -199,7 +201,9 @@ def export(
 
 
 def register(app: typer.Typer) -> None:
-    for fn, name in [(remember, "remember"), (recall, "recall"), (get, "get"), (list_, "list"),
-                     (delete, "delete"), (link, "link"), (links, "links"), (forget, "forget"),
-                     (import_, "import"), (export, "export")]:
+    verbs: list[tuple[Callable[..., None], str]] = [
+        (remember, "remember"), (recall, "recall"), (get, "get"), (list_, "list"),
+        (delete, "delete"), (link, "link"), (links, "links"), (forget, "forget"),
+        (import_, "import"), (export, "export")]
+    for fn, name in verbs:
         app.command(name)(fn)

@@ -74,7 +74,8 @@ async def append(conn: psycopg.AsyncConnection, event: AuditEvent) -> dict[str, 
     if event.decision not in DECISIONS:
         raise ValueError(f"decision must be one of {DECISIONS}")
     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-    cur = await conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
     last = await cur.fetchone()
     prev_hash = last["hash"] if last else GENESIS
     row: dict[str, Any] = {
@@ -183,7 +184,7 @@ async def query(
             where.append(clause)
             params[name] = value
     async with db.system() as conn:
-        cur = await conn.execute(
+        cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT {_COLUMNS}, prev_hash, hash FROM audit_log WHERE {' AND '.join(where)} "
             "ORDER BY seq LIMIT %(limit)s", params)
         return list(await cur.fetchall())

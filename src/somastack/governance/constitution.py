@@ -18,6 +18,7 @@ import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -184,7 +185,7 @@ def verify(document: dict[str, Any], signatures: list[dict[str, Any]], trust: Tr
 
 async def active(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
     """The stored row of the highest version, or None."""
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT version, document, checksum, signatures, loaded_by, loaded_at FROM constitutions "
         "ORDER BY version DESC LIMIT 1")
     return await cur.fetchone()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from somastack.errors import NotFound, Unauthenticated
 from somastack.governance import audit
@@ -40,7 +41,7 @@ async def create(conn: psycopg.AsyncConnection, *, tenant_id: str, name: str, sc
                  created_by: str) -> tuple[dict[str, Any], str]:
     """Store a new key; returns its row and the plaintext key (never stored, shown once)."""
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         f"INSERT INTO api_keys (id, tenant_id, name, secret_hash, scopes, created_by) "
         f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
         (key_id, tenant_id, name, hash_secret(secret), scopes, created_by),
@@ -51,14 +52,14 @@ async def create(conn: psycopg.AsyncConnection, *, tenant_id: str, name: str, sc
 
 
 async def list_for(conn: psycopg.AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         f"SELECT {_COLUMNS} FROM api_keys WHERE tenant_id = %s ORDER BY created_at, id", (tenant_id,))
     return list(await cur.fetchall())
 
 
 async def revoke(conn: psycopg.AsyncConnection, tenant_id: str, key_id: str) -> dict[str, Any]:
     """Revoke one of this tenant's keys (idempotent); NotFound for another tenant's key."""
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
         f"WHERE id = %s AND tenant_id = %s RETURNING {_COLUMNS}", (key_id, tenant_id))
     row = await cur.fetchone()
@@ -79,7 +80,7 @@ def parse(presented: str) -> tuple[str, str]:
 async def authenticate(conn: psycopg.AsyncConnection, presented: str) -> Principal:
     """The principal of a presented API key; Unauthenticated saying what is wrong with it."""
     key_id, secret_hash = parse(presented)
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT k.tenant_id, k.secret_hash, k.scopes, k.revoked_at, t.disabled_at, t.limits "
         "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = %s", (key_id,))
     row = await cur.fetchone()

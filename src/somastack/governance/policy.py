@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from somastack.governance import audit
 from somastack.governance.canonical import sha3_512_hex
@@ -193,7 +194,7 @@ async def _reread_override(db: Database, tenant_id: str) -> None:
 
 
 async def get_override(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT tenant_id, module, checksum, updated_by, updated_at FROM policy_overrides "
         "WHERE tenant_id = %s", (tenant_id,))
     return await cur.fetchone()
@@ -201,7 +202,7 @@ async def get_override(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[st
 
 async def set_override(conn: psycopg.AsyncConnection, tenant_id: str, module: str, by: str
                        ) -> dict[str, Any]:
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "INSERT INTO policy_overrides (tenant_id, module, checksum, updated_by) VALUES (%s, %s, %s, %s) "
         "ON CONFLICT (tenant_id) DO UPDATE SET module = EXCLUDED.module, checksum = EXCLUDED.checksum, "
         "updated_by = EXCLUDED.updated_by, updated_at = now() "

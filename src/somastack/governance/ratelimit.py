@@ -20,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from psycopg.rows import dict_row
+
 from somastack.store import Database
 
 _REDIS_SCRIPT = """
@@ -128,7 +130,7 @@ class PostgresRateLimiter:
             await conn.execute(
                 "DELETE FROM rate_hits WHERE bucket = %s AND at <= now() - make_interval(secs => %s)",
                 (bucket, limit.window_s))
-            cur = await conn.execute(
+            cur = await conn.cursor(row_factory=dict_row).execute(
                 "SELECT count(*) AS n, extract(epoch FROM min(at) + make_interval(secs => %s) - now()) "
                 "AS wait FROM rate_hits WHERE bucket = %s", (limit.window_s, bucket))
             row = await cur.fetchone()

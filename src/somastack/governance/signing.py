@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from psycopg.rows import dict_row
 
 _LIST = "SELECT kid, public_raw, created_at, retired_at FROM signing_keys"
 
@@ -35,7 +36,8 @@ async def _insert(conn: psycopg.AsyncConnection) -> str:
 async def ensure_active(conn: psycopg.AsyncConnection) -> str:
     """The kid of the active key, creating the first one."""
     await conn.execute("LOCK TABLE signing_keys IN EXCLUSIVE MODE")
-    cur = await conn.execute("SELECT kid FROM signing_keys WHERE retired_at IS NULL")
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT kid FROM signing_keys WHERE retired_at IS NULL")
     row = await cur.fetchone()
     return row["kid"] if row else await _insert(conn)
 
@@ -43,14 +45,15 @@ async def ensure_active(conn: psycopg.AsyncConnection) -> str:
 async def rotate(conn: psycopg.AsyncConnection) -> dict[str, Any]:
     """Retire the active key and create a new one; returns {kid, retired}."""
     await conn.execute("LOCK TABLE signing_keys IN EXCLUSIVE MODE")
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL RETURNING kid")
     retired = [r["kid"] for r in await cur.fetchall()]
     return {"kid": await _insert(conn), "retired": retired}
 
 
 async def active_private(conn: psycopg.AsyncConnection) -> tuple[str, Ed25519PrivateKey]:
-    cur = await conn.execute("SELECT kid, private_pem FROM signing_keys WHERE retired_at IS NULL")
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT kid, private_pem FROM signing_keys WHERE retired_at IS NULL")
     row = await cur.fetchone()
     if row is None:
         raise LookupError("no active signing key")
@@ -61,7 +64,7 @@ async def active_private(conn: psycopg.AsyncConnection) -> tuple[str, Ed25519Pri
 
 async def verifying(conn: psycopg.AsyncConnection, max_ttl_s: int) -> list[dict[str, Any]]:
     """Keys that may still have live tokens: active, or retired less than max_ttl_s ago."""
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         f"{_LIST} WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => %s) "
         "ORDER BY created_at", (max_ttl_s,))
     return list(await cur.fetchall())
@@ -77,7 +80,7 @@ async def public_key(conn: psycopg.AsyncConnection, kid: str, max_ttl_s: int
 
 
 async def list_all(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
-    cur = await conn.execute(f"{_LIST} ORDER BY created_at")
+    cur = await conn.cursor(row_factory=dict_row).execute(f"{_LIST} ORDER BY created_at")
     return list(await cur.fetchall())
 
 

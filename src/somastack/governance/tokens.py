@@ -12,6 +12,7 @@ from typing import Any
 import jwt
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from somastack.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
@@ -133,7 +134,7 @@ async def authenticate(conn: psycopg.AsyncConnection, token: str, *, issuer: str
             raise Unauthenticated(f"unknown signing key id {kid!r}", field="Authorization")
         keys[kid] = found
     claims = decode(token, keys[kid], issuer)
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT s.tenant_id, s.kid, s.revoked_at, t.disabled_at, t.limits FROM session_tokens s "
         "JOIN tenants t ON t.id = s.tenant_id WHERE s.jti = %s", (claims["jti"],))
     row = await cur.fetchone()
@@ -152,7 +153,7 @@ async def authenticate(conn: psycopg.AsyncConnection, token: str, *, issuer: str
 
 async def revoke(conn: psycopg.AsyncConnection, tenant_id: str, jti: str) -> dict[str, Any]:
     """Revoke one of this tenant's tokens (idempotent); NotFound for another tenant's."""
-    cur = await conn.execute(
+    cur = await conn.cursor(row_factory=dict_row).execute(
         "UPDATE session_tokens SET revoked_at = coalesce(revoked_at, now()) "
         "WHERE jti = %s AND tenant_id = %s RETURNING jti, tenant_id, expires_at, revoked_at",
         (jti, tenant_id))

@@ -31,7 +31,7 @@ class Migration:
 def available() -> list[Migration]:
     """Every migration shipped in the package, in version order."""
     folder = resources.files("somastack.store") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [Migration(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
 

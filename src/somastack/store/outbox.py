@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 
@@ -26,7 +27,7 @@ class OutboxStatus:
     last_published_at: datetime | None
 
 
-async def emit(conn: psycopg.AsyncConnection, *, tenant_id: str | None, topic: str, type: str,
+async def emit(conn: psycopg.AsyncConnection[Any], *, tenant_id: str | None, topic: str, type: str,
                payload: dict[str, Any]) -> UUID:
     """Queue one event on the caller's transaction; returns its id (the consumers' dedupe key)."""
     event_id = uuid.uuid4()
@@ -37,8 +38,8 @@ async def emit(conn: psycopg.AsyncConnection, *, tenant_id: str | None, topic: s
     return event_id
 
 
-async def status(conn: psycopg.AsyncConnection) -> OutboxStatus:
-    cur = await conn.execute(
+async def status(conn: psycopg.AsyncConnection[Any]) -> OutboxStatus:
+    cur = await conn.cursor(row_factory=dict_row).execute(
         """SELECT count(*) FILTER (WHERE published_at IS NULL AND dead_at IS NULL) AS pending,
                   count(*) FILTER (WHERE published_at IS NOT NULL) AS published,
                   count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
@@ -53,7 +54,7 @@ async def status(conn: psycopg.AsyncConnection) -> OutboxStatus:
     return OutboxStatus(**row)
 
 
-async def replay(conn: psycopg.AsyncConnection, *, dead_only: bool, since: datetime | None,
+async def replay(conn: psycopg.AsyncConnection[Any], *, dead_only: bool, since: datetime | None,
                  event_ids: list[UUID] | None) -> int:
     """Queue events again (dead ones, or published ones too); returns how many were re-queued."""
     where = ["(dead_at IS NOT NULL OR published_at IS NOT NULL)"]

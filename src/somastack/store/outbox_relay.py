@@ -24,12 +24,13 @@ import nats
 import psycopg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
+from psycopg.rows import dict_row
 
 from somastack.config import Settings
 from somastack.store import Database
 
 log = logging.getLogger("somastack.outbox")
-Handler = Callable[[psycopg.AsyncConnection, dict[str, Any]], Awaitable[None]]
+Handler = Callable[[psycopg.AsyncConnection[Any], dict[str, Any]], Awaitable[None]]
 DUPLICATE_WINDOW_S = 120.0
 
 
@@ -100,7 +101,7 @@ class OutboxRelay:
         s = self.settings
         counts = {"published": 0, "retried": 0, "dead": 0}
         async with self.db.system() as conn:
-            cur = await conn.execute(
+            cur = await conn.cursor(row_factory=dict_row).execute(
                 "SELECT id, tenant_id, topic, type, payload, created_at, attempts, replays FROM outbox "
                 "WHERE published_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now() "
                 "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED", (s.outbox_batch,))
