@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     http_fetch_max_bytes: int = 1024 * 1024
     http_fetch_timeout_s: float = 10.0
     tool_idempotency_ttl_s: int = 24 * 3600
+    turn_days: float = Field(default=90, gt=0, description="days a turn and its events are kept "
+                             "(and its Idempotency-Key remembered); older turns are deleted")
 
     # ledger: prices in cents; `tokens_per_1k:<provider>` overrides the token price per provider
     price_table: dict[str, float] = Field(default_factory=lambda: {

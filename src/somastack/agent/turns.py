@@ -25,6 +25,7 @@ from somastack.store import Database
 from somastack.store.oneshot import run_one
 
 TERMINAL = ("done", "error", "cancelled")
+PURGE_BATCH = 1000  # turns deleted per statement (their events go with them): short transactions
 TAIL_POLL_S = 0.05
 # Turns started in this process whose row is not written yet: a turn without an Idempotency-Key
 # writes its row with its first events (open_later). Reading such a turn waits for the row (up
@@ -130,8 +131,25 @@ async def get_turn(db: Database, tenant: str, turn_id: str) -> Turn:
         rows = await fetch_rows(conn, "SELECT * FROM turns WHERE tenant_id = %s AND id = %s",
                                 (tenant, turn_id))
     if not rows:
-        raise NotFound(f"turn {turn_id!r} not found", field="turn_id")
+        raise NotFound(f"turn {turn_id!r} not found (turns are deleted after SOMA_TURN_DAYS days)",
+                       field="turn_id")
     return _turn(rows[0])
+
+
+async def purge_turns(db: Database, older_than_days: float) -> int:
+    """Delete every tenant's turns started longer ago than the retention (settings.turn_days),
+    with their events, in batches; returns how many turns. A turn still marked running by then
+    belonged to a process that died: no turn runs for days."""
+    total = 0
+    while True:
+        async with db.system() as conn:
+            cur = await conn.execute(
+                "DELETE FROM turns WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM turns "
+                "WHERE created_at < now() - make_interval(secs => %s) LIMIT %s)",
+                (older_than_days * 86400, PURGE_BATCH))
+        total += cur.rowcount
+        if cur.rowcount < PURGE_BATCH:
+            return total
 
 
 async def list_turns(db: Database, tenant: str, session_id: str | None, limit: int,

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from somastack import __version__
+from somastack.agent.turns import purge_turns
 from somastack.api import (
     audit,
     auth,
@@ -57,6 +58,10 @@ async def _purge_forever(db: Database, settings: Settings) -> None:
             await purge_traces(db, settings.brain_trace_days)
         except Exception:
             log.exception("deleting old recall traces failed")
+        try:
+            await purge_turns(db, settings.turn_days)
+        except Exception:
+            log.exception("deleting old turns failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
