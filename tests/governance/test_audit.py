@@ -12,6 +12,7 @@ from tests.governance.conftest import run_soma
 
 from somastack import Client
 from somastack.config import Settings
+from somastack.errors import InvalidInput
 from somastack.governance import audit
 from somastack.store import Database
 
@@ -40,7 +41,8 @@ async def test_concurrent_appends_form_one_gap_free_chain(fresh_db: Database, fr
     with psycopg.connect(fresh_url) as conn:
         seqs = [r[0] for r in conn.execute("SELECT seq FROM audit_log ORDER BY seq")]
     assert seqs == list(range(1, 26))
-    assert verify_cli(fresh_url) == (0, "ok: 25 rows, chain intact\n")
+    assert verify_cli(fresh_url) == (0, f"ok: 25 rows, chain intact; head {report.head}\n")
+    assert report.head == f"25:{conn_hash(fresh_url, 25)}"
 
 
 @pytest.mark.asyncio
@@ -60,6 +62,13 @@ async def test_database_refuses_update_delete_truncate_and_forged_inserts(
                     "prev_hash, hash) VALUES (%s, now(), 'x', 'x', 'x', 'allow', 'h', %s, %s)",
                     (seq, prev, uuid.uuid4().hex))
     assert audit.verify_database(fresh_url).ok
+
+
+def conn_hash(url: str, seq: int) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT hash FROM audit_log WHERE seq = %s", (seq,)).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def tamper(url: str, sql: str) -> None:
@@ -125,3 +134,39 @@ def test_shared_database_chain_verifies_through_the_cli(settings: Settings, serv
     env = {**os.environ, "SOMA_DATABASE_URL": database_url}
     out = run_soma(env, "audit", "verify", "--json")
     assert out.returncode == 0 and '"ok": true' in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.asyncio
+async def test_an_anchor_detects_the_newest_rows_cut_off_or_rewritten(fresh_db: Database,
+                                                                      fresh_url: str) -> None:
+    await fill(fresh_db, 8)
+    head = audit.verify_database(fresh_url).head
+    assert head is not None and head.startswith("8:")
+    anchor = audit.parse_anchor(head)
+    assert audit.verify_database(fresh_url, anchor).ok
+    tamper(fresh_url, "DELETE FROM audit_log WHERE seq IN (7, 8)")
+    alone = audit.verify_database(fresh_url)
+    assert alone.ok and alone.rows == 6  # a chain cannot see its own tail cut off...
+    report = audit.verify_database(fresh_url, anchor)  # ...its anchor can
+    assert not report.ok and report.first_bad_seq == 7 and "cut off" in (report.problem or "")
+    env = {**os.environ, "SOMA_DATABASE_URL": fresh_url}
+    out = run_soma(env, "audit", "verify", "--anchor", head)
+    assert out.returncode == 1 and "broken at row 7" in out.stderr, out.stdout + out.stderr
+    await fill(fresh_db, 3)  # new rows 7-9 on the cut chain: internally valid again
+    assert audit.verify_database(fresh_url).ok
+    report = audit.verify_database(fresh_url, anchor)
+    assert not report.ok and report.first_bad_seq == 8 and "rewritten" in (report.problem or "")
+
+
+def test_a_malformed_anchor_is_refused_naming_it(settings: Settings, server: str, admin: Client,
+                                                database_url: str) -> None:
+    for bad in ("8", "0:" + "a" * 128, "8:" + "a" * 127, "8:" + "g" * 128):
+        with pytest.raises(InvalidInput):
+            audit.parse_anchor(bad)
+    resp = admin.http.get("/v1/audit/verify", params={"anchor": "8:xyz"})
+    assert resp.status_code == 422 and resp.json()["field"] == "anchor"
+    head = admin.request("GET", "/v1/audit/verify")["head"]
+    assert admin.request("GET", "/v1/audit/verify", params={"anchor": head})["ok"] is True
+    env = {**os.environ, "SOMA_DATABASE_URL": database_url}
+    out = run_soma(env, "audit", "verify", "--anchor", "nope")
+    assert out.returncode == 2 and "--anchor" in out.stderr, out.stdout + out.stderr

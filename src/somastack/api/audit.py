@@ -45,9 +45,12 @@ async def list_audit(
 
 
 @router.get("/audit/verify")
-async def verify_audit(s: State, who: PlatformAdmin) -> Any:
-    """Re-walk the whole chain; the answer names the first broken row."""
-    report = await asyncio.to_thread(audit.verify_database, s.db.url)
+async def verify_audit(s: State, who: PlatformAdmin, anchor: str | None = None) -> Any:
+    """Re-walk the whole chain; the answer names the first broken row and reports the head.
+    `anchor` (`seq:hash`, a head reported earlier and kept elsewhere) also fails the check if
+    that row is gone or changed: the newest rows cut off."""
+    expected = audit.parse_anchor(anchor) if anchor is not None else None
+    report = await asyncio.to_thread(audit.verify_database, s.db.url, expected)
     return asdict(report)
 
 

@@ -12,6 +12,7 @@ import typer
 from somastack.cli.governance import JsonOpt, call
 from somastack.cli.output import console, err, print_json, table
 from somastack.config import get_settings
+from somastack.errors import InvalidInput
 
 constitution_app = typer.Typer(no_args_is_help=True, help="The signed constitution.")
 policy_app = typer.Typer(no_args_is_help=True, help="Rego policy: your tenant's override, tests.")
@@ -161,19 +162,34 @@ def policy_test(files: Annotated[list[Path] | None, typer.Argument(exists=True, 
 
 
 @audit_app.command("verify")
-def audit_verify(json_out: JsonOpt = False) -> None:
-    """Re-check the whole chain in the database; names the first broken row (exit 1)."""
+def audit_verify(
+    anchor: Annotated[str | None, typer.Option(
+        help="seq:hash, the head an earlier verify printed (kept elsewhere): also fail if that "
+             "row is gone or changed, which a chain alone cannot show for its newest rows")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-check the whole chain in the database; names the first broken row (exit 1).
+
+    Prints the head (seq:hash of the last row). Keep it off this machine and pass it back as
+    --anchor: then cutting off the newest rows is detected too.
+    """
     from dataclasses import asdict
 
-    from somastack.governance.audit import verify_database
+    from somastack.governance.audit import parse_anchor, verify_database
     from somastack.store import resolve_url
 
+    try:
+        expected = parse_anchor(anchor) if anchor is not None else None
+    except InvalidInput as exc:
+        err.print(f"[red]error[/red] --anchor: {exc}")
+        raise typer.Exit(2) from exc
     url, _ = resolve_url(get_settings())
-    report = verify_database(url)
+    report = verify_database(url, expected)
     if json_out:
         print_json(asdict(report))
     elif report.ok:
-        console.print(f"ok: {report.rows} rows, chain intact")
+        console.print(f"ok: {report.rows} rows, chain intact; head {report.head or '(empty)'}",
+                      soft_wrap=True)  # the head is copied whole, never wrapped
     else:
         err.print(f"[red]broken[/red] at row {report.first_bad_seq}: {report.problem}")
     if not report.ok:

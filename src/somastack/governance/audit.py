@@ -4,6 +4,11 @@ Appends take a transaction-scoped advisory lock so that seq and prev_hash are re
 by one writer at a time; the database refuses UPDATE, DELETE and TRUNCATE and re-checks the
 chain link on insert. `verify_database` re-walks the whole chain and names the first bad row.
 
+A chain cannot prove on its own that its newest rows were not cut off (with the triggers switched
+off, deleting the tail leaves a valid, shorter chain). Every verification reports the head
+(`seq:hash` of the last row); kept somewhere else, it is an anchor: a later verification given it
+fails if that row is gone or no longer has that hash.
+
 Changes to keys and tenants are also announced (NOTIFY on GOVERNANCE_CHANNEL, delivered at
 commit), so that every server process drops what it cached about them at once.
 """
@@ -11,6 +16,7 @@ commit), so that every server process drops what it cached about them at once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +26,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from somastack.errors import InvalidInput
 from somastack.governance.canonical import GENESIS, canonical_json, checksum, sha3_512_hex
 from somastack.store import Database, outbox
 
@@ -52,6 +59,20 @@ class ChainReport:
     rows: int
     first_bad_seq: int | None = None
     problem: str | None = None
+    head: str | None = None  # `seq:hash` of the last row walked (None: no rows)
+
+
+ANCHOR_RE = re.compile(r"([1-9][0-9]{0,18}):([0-9a-f]{128})")
+
+
+def parse_anchor(text: str) -> tuple[int, str]:
+    """`seq:hash` (a head reported by an earlier verification) → (seq, hash); InvalidInput
+    naming `anchor` otherwise."""
+    m = ANCHOR_RE.fullmatch(text.strip().lower())
+    if m is None:
+        raise InvalidInput("expected seq:hash, the head an earlier verification reported "
+                           "(a row number, ':', 128 hex digits)", field="anchor")
+    return int(m.group(1)), m.group(2)
 
 
 def _canonical_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -137,8 +158,11 @@ async def record(db: Database, event: AuditEvent) -> dict[str, Any]:
         return await append(conn, event)
 
 
-def verify_rows(rows: Iterable[dict[str, Any]]) -> ChainReport:
-    """Walk rows in seq order; the first row whose seq, link or hash is wrong breaks the chain."""
+def verify_rows(rows: Iterable[dict[str, Any]], anchor: tuple[int, str] | None = None
+                ) -> ChainReport:
+    """Walk rows in seq order; the first row whose seq, link or hash is wrong breaks the chain,
+    and so does a chain that no longer holds the anchor (seq, hash): cut short before it, or
+    rewritten up to it."""
     expected_seq, prev_hash, count = 1, GENESIS, 0
     for row in rows:
         count += 1
@@ -154,17 +178,27 @@ def verify_rows(rows: Iterable[dict[str, Any]]) -> ChainReport:
         if row_hash(prev_hash, row) != row["hash"]:
             return ChainReport(False, count, seq, f"row {seq}: content does not match its hash "
                                                   "(the row was edited)")
+        if anchor is not None and seq == anchor[0] and row["hash"] != anchor[1]:
+            return ChainReport(False, count, seq, f"row {seq} does not have the anchored hash: the "
+                                                  f"chain up to row {seq} was rewritten")
         prev_hash, expected_seq = row["hash"], seq + 1
-    return ChainReport(True, count)
+    last = expected_seq - 1
+    head = f"{last}:{prev_hash}" if last else None
+    if anchor is not None and anchor[0] > last:
+        return ChainReport(False, count, last + 1, f"rows {last + 1}-{anchor[0]} missing: the "
+                           f"chain ends at row {last}, but the anchor names row {anchor[0]} "
+                           "(the newest rows were cut off)", head)
+    return ChainReport(True, count, head=head)
 
 
-def verify_database(url: str) -> ChainReport:
-    """Verify the whole chain of the database at `url`, streaming rows with a server cursor."""
+def verify_database(url: str, anchor: tuple[int, str] | None = None) -> ChainReport:
+    """Verify the whole chain of the database at `url` (against an anchor, if given; see
+    verify_rows), streaming rows with a server cursor."""
     with psycopg.connect(url) as conn:
         with conn.cursor(name="audit_verify", row_factory=dict_row) as cur:
             cur.itersize = 5000
             cur.execute(f"SELECT {_COLUMNS}, prev_hash, hash FROM audit_log ORDER BY seq")
-            return verify_rows(cur)
+            return verify_rows(cur, anchor)
 
 
 async def query(
