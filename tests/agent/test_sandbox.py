@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -156,3 +157,44 @@ def test_unknown_isolation_mode_names_the_setting(settings: Settings) -> None:
     with pytest.raises(InvalidInput) as err:
         Sandbox(settings.model_copy(update={"sandbox_isolation": "docker"}))
     assert err.value.field == "sandbox_isolation"
+
+
+
+def peek(secret: Path, server_pid: int) -> str:
+    """A tool that tries to read a file and the server's environment, and lists /proc."""
+    return f"""
+import json, os
+def look(p):
+    try:
+        with open(p) as f:
+            return 'read:' + f.read().strip()
+    except OSError as e:
+        return type(e).__name__
+print(json.dumps([look({str(secret)!r}), look('/proc/{server_pid}/environ'),
+                  sorted(int(d) for d in os.listdir('/proc') if d.isdigit())]))
+"""
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("as_root", [True, False], ids=["root-drops-to-nobody", "user-namespace"])
+async def test_the_servers_private_files_and_processes_are_out_of_sight(
+        settings: Settings, tmp_path: Path, as_root: bool) -> None:
+    """$SOMA_HOME (admin key, signing keys, embedded database) is covered and /proc shows only
+    the sandbox. Without root the sandbox runs as the server's own user inside a user namespace
+    (taken here as root, the worst case): the cover is all that keeps the key unread."""
+    home = tmp_path / "soma-home"
+    home.mkdir()
+    secret = home / "admin.key"
+    secret.write_text("sk-admin-secret")
+    secret.chmod(0o600)
+    sandbox = Sandbox(settings.model_copy(update={"home": home}), FAST)
+    if sandbox.isolation != "namespace":
+        pytest.skip("namespaces are unavailable: see test_no_network_inside_or_a_documented_refusal")
+    assert home in sandbox.hidden
+    sandbox.as_root = as_root
+    _, out = await run(sandbox, peek(secret, os.getpid()))
+    key, environ, pids = json.loads(out.stdout)
+    assert key in ("PermissionError", "FileNotFoundError"), key
+    assert environ == "FileNotFoundError"  # the server's process is not in its /proc at all
+    assert max(pids) < 10  # its own PID namespace: a handful of processes
+    assert secret.read_text() == "sk-admin-secret"  # covered inside only

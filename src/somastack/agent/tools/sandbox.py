@@ -7,13 +7,19 @@ What is enforced, and by what:
   tree is killed and a typed error raised;
 - a throw-away working directory (removed afterwards) and a scrubbed environment;
 - isolation "namespace" (root, or unprivileged user namespaces): `unshare` gives the process its
-  own network namespace (no interfaces but a down loopback: no network at all) and PID namespace
-  (killing it kills every descendant; nothing can outlive the call), and `setpriv` drops to an
-  unprivileged uid with no groups, no capabilities and no_new_privs;
+  own network namespace (no interfaces but a down loopback: no network at all), PID namespace
+  (killing it kills every descendant; nothing can outlive the call; its /proc shows only the
+  sandbox's processes, not the server's environment) and mount namespace, in which the server's
+  private directories ($SOMA_HOME: admin key, signing keys, the embedded database; the server
+  user's home) are covered by an empty, inaccessible tmpfs; as root, `setpriv` then drops to an
+  unprivileged uid with no groups, no capabilities and no_new_privs. (Without root the sandbox
+  runs as the server's own user inside a user namespace: covering those directories is what keeps
+  it from reading them.);
 - isolation "rlimit" (fallback when namespaces are unavailable): limits, timeout, cap, scrubbed
   env and the process group are still enforced; the network is NOT blocked and a descendant that
   leaves the process group can survive. `SOMA_SANDBOX_ISOLATION=namespace` refuses to run then.
-The filesystem is the host's, read-only to the sandbox user except its working directory.
+Otherwise the filesystem is the host's, read-only to the sandbox user except its working
+directory.
 """
 
 from __future__ import annotations
@@ -75,10 +81,19 @@ class SandboxOutcome:
     isolation: str
 
 
+_UNSHARE = ["unshare", "--mount", "--mount-proc", "--net", "--pid", "--fork", "--kill-child"]
+# The namespace's first process covers each directory given before `--` with an empty tmpfs that
+# nobody may enter, then becomes the rest of its arguments.
+_COVER = ["/bin/sh", "-c", 'set -e; while [ "$1" != -- ]; do '
+          'mount -t tmpfs -o size=4k,mode=000 soma-hidden "$1"; shift; done; shift; exec "$@"',
+          "sandbox-cover"]
+
+
 def _namespaces_work(as_root: bool) -> bool:
-    """Whether `unshare` can create network + PID namespaces here (probed once per process)."""
+    """Whether `unshare` can create mount + network + PID namespaces here (probed once per
+    process)."""
     if as_root not in _probed:
-        argv = ["unshare", "--net", "--pid", "--fork", "--kill-child", "true"]
+        argv = [*_UNSHARE, "true"]
         if not as_root:
             argv[1:1] = ["--user", "--map-root-user"]
         try:
@@ -87,6 +102,18 @@ def _namespaces_work(as_root: bool) -> bool:
             ok = False
         _probed[as_root] = ok
     return _probed[as_root]
+
+
+def hidden_dirs(settings: Settings, keep: list[Path]) -> list[Path]:
+    """The server's private directories that exist, except any that holds a path in `keep`
+    (the interpreter, the working directories): $SOMA_HOME and the server user's home."""
+    out: list[Path] = []
+    for d in (settings.home_dir, Path.home()):
+        d = d.resolve()
+        if d.is_dir() and d != Path("/") and d not in out \
+                and not any(k == d or d in k.parents for k in keep):
+            out.append(d)
+    return out
 
 
 def _default_python() -> str:
@@ -114,20 +141,23 @@ class Sandbox:
             raise SandboxUnavailable("`setpriv` is needed to drop privileges in the sandbox",
                                      field="sandbox_isolation")
         self.isolation = "namespace" if namespaces else "rlimit"
+        python = Path(shutil.which(self.python) or self.python).resolve()
+        self.hidden = hidden_dirs(settings, [python, Path(tempfile.gettempdir()).resolve()])
 
     def _argv(self, job: SandboxJob) -> list[str]:
         argv = [self.python if a == PYTHON else a for a in job.argv]
         if self.isolation == "rlimit":
             return argv
-        # `sh` is the namespace's init: it reports a signal death as exit 128+n (unshare itself
-        # cannot re-raise it), and when it exits the kernel kills whatever the job left behind.
+        # `sh` is the namespace's init (the processes before it exec into it): it reports a
+        # signal death as exit 128+n (unshare itself cannot re-raise it), and when it exits the
+        # kernel kills whatever the job left behind.
         init = ["/bin/sh", "-c", '"$@"; exit $?', "sandbox-init", *argv]
-        prefix = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
+        cover = [*_COVER, *map(str, self.hidden), "--"]
         if not self.as_root:
-            return [*prefix[:1], "--user", "--map-root-user", *prefix[1:], "--", *init]
+            return [*_UNSHARE[:1], "--user", "--map-root-user", *_UNSHARE[1:], "--", *cover, *init]
         drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
                 "--no-new-privs", "--bounding-set=-all", "--"]
-        return [*prefix, "--", *drop, *init]
+        return [*_UNSHARE, "--", *cover, *drop, *init]
 
     def _preexec(self) -> Callable[[], None]:
         lim = self.limits
