@@ -198,3 +198,30 @@ async def test_the_servers_private_files_and_processes_are_out_of_sight(
     assert environ == "FileNotFoundError"  # the server's process is not in its /proc at all
     assert max(pids) < 10  # its own PID namespace: a handful of processes
     assert secret.read_text() == "sk-admin-secret"  # covered inside only
+
+
+@pytest.mark.asyncio
+async def test_concurrent_runs_cannot_see_or_change_each_others_files(sandbox: Sandbox) -> None:
+    """Every run's working directory is made in the temp directory, which each run sees as a
+    private tmpfs holding only its own: another tenant's tool cannot read or rewrite it."""
+    if sandbox.isolation != "namespace":
+        pytest.skip("namespaces are unavailable: see test_no_network_inside_or_a_documented_refusal")
+    source = ("import os, time\nprint(os.getcwd(), flush=True)\ntime.sleep(1.5)\n"
+              "print(len(open('main.py').read()))")
+    first = program(source)
+    async with aclosing(sandbox.run(first)) as pieces:
+        where = (await anext(pieces)).strip()  # the first run is alive, in `where`
+        assert os.path.exists(os.path.join(where, "main.py"))  # (seen from the host)
+        code = (f"import os, json\nw = {where!r}\nout = [sorted(os.listdir(os.path.dirname(w))) ==\n"
+                f"       [os.path.basename(os.getcwd())]]\n"
+                "for act in ('r', 'w'):\n"
+                "    try:\n        open(os.path.join(w, 'main.py'), act).close(); out.append('opened')\n"
+                "    except OSError as e:\n        out.append(type(e).__name__)\n"
+                "print(json.dumps(out))")
+        _, second = await run(sandbox, code)
+        rest = [p async for p in pieces]
+    only_own, read, write = json.loads(second.stdout)
+    assert only_own is True and read == write == "FileNotFoundError"
+    outcome = rest[-1]
+    assert isinstance(outcome, SandboxOutcome) and outcome.exit_code == 0
+    assert outcome.stdout.split()[-1] == str(len(source))  # its program was not touched

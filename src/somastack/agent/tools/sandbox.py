@@ -18,8 +18,10 @@ What is enforced, and by what:
 - isolation "rlimit" (fallback when namespaces are unavailable): limits, timeout, cap, scrubbed
   env and the process group are still enforced; the network is NOT blocked and a descendant that
   leaves the process group can survive. `SOMA_SANDBOX_ISOLATION=namespace` refuses to run then.
-Otherwise the filesystem is the host's, read-only to the sandbox user except its working
-directory.
+With namespaces the temp directory (where working directories live) is a private tmpfs holding
+only this run's working directory: concurrent runs (other tenants' tools) cannot see or change
+each other's files. Otherwise the filesystem is the host's, read-only to the sandbox user except
+its working directory.
 """
 
 from __future__ import annotations
@@ -82,10 +84,15 @@ class SandboxOutcome:
 
 
 _UNSHARE = ["unshare", "--mount", "--mount-proc", "--net", "--pid", "--fork", "--kill-child"]
-# The namespace's first process covers each directory given before `--` with an empty tmpfs that
-# nobody may enter, then becomes the rest of its arguments.
+# The namespace's first process covers each directory given before the first `--` with an empty
+# tmpfs that nobody may enter; then gives the temp directory (where every run's working
+# directory lives) a fresh, private tmpfs holding only this run's working directory (its cwd,
+# bind-mounted back: `--no-canonicalize`, or mount would resolve "." by name, into the new tmpfs),
+# so concurrent runs cannot see each other; then becomes the rest.
 _COVER = ["/bin/sh", "-c", 'set -e; while [ "$1" != -- ]; do '
-          'mount -t tmpfs -o size=4k,mode=000 soma-hidden "$1"; shift; done; shift; exec "$@"',
+          'mount -t tmpfs -o size=4k,mode=000 soma-hidden "$1"; shift; done; shift; '
+          'mount -t tmpfs -o size=64m,mode=1777 soma-tmp "$1"; mkdir -p "$2"; '
+          'mount --no-canonicalize --bind . "$2"; cd "$2"; unset OLDPWD; shift 2; exec "$@"',
           "sandbox-cover"]
 
 
@@ -142,9 +149,10 @@ class Sandbox:
                                      field="sandbox_isolation")
         self.isolation = "namespace" if namespaces else "rlimit"
         python = Path(shutil.which(self.python) or self.python).resolve()
-        self.hidden = hidden_dirs(settings, [python, Path(tempfile.gettempdir()).resolve()])
+        self.tmp = Path(tempfile.gettempdir()).resolve()  # where working directories are made
+        self.hidden = hidden_dirs(settings, [python, self.tmp])
 
-    def _argv(self, job: SandboxJob) -> list[str]:
+    def _argv(self, job: SandboxJob, work: Path) -> list[str]:
         argv = [self.python if a == PYTHON else a for a in job.argv]
         if self.isolation == "rlimit":
             return argv
@@ -152,7 +160,7 @@ class Sandbox:
         # signal death as exit 128+n (unshare itself cannot re-raise it), and when it exits the
         # kernel kills whatever the job left behind.
         init = ["/bin/sh", "-c", '"$@"; exit $?', "sandbox-init", *argv]
-        cover = [*_COVER, *map(str, self.hidden), "--"]
+        cover = [*_COVER, *map(str, self.hidden), "--", str(self.tmp), str(work)]
         if not self.as_root:
             return [*_UNSHARE[:1], "--user", "--map-root-user", *_UNSHARE[1:], "--", *cover, *init]
         drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
@@ -182,7 +190,7 @@ class Sandbox:
         return apply
 
     def _workdir(self, job: SandboxJob) -> Path:
-        work = Path(tempfile.mkdtemp(prefix="soma-sbx-"))
+        work = Path(tempfile.mkdtemp(prefix="soma-sbx-", dir=self.tmp))
         for name, text in job.files.items():
             target = (work / name).resolve()
             if work not in target.parents:
@@ -200,7 +208,7 @@ class Sandbox:
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            *self._argv(job), cwd=work, env=env, stdin=asyncio.subprocess.PIPE,
+            *self._argv(job, work), cwd=work, env=env, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             preexec_fn=self._preexec(), start_new_session=True)
         budget = _OutputBudget(self.limits.output_bytes, proc)
