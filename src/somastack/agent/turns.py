@@ -23,6 +23,7 @@ from somastack.errors import Conflict, InvalidInput, NotFound
 from somastack.ledger.budgets import fetch_rows
 from somastack.store import Database
 from somastack.store.oneshot import run_one
+from somastack.store.retention import purge_older_than
 
 TERMINAL = ("done", "error", "cancelled")
 PURGE_BATCH = 1000  # turns deleted per statement (their events go with them): short transactions
@@ -140,16 +141,7 @@ async def purge_turns(db: Database, older_than_days: float) -> int:
     """Delete every tenant's turns started longer ago than the retention (settings.turn_days),
     with their events, in batches; returns how many turns. A turn still marked running by then
     belonged to a process that died: no turn runs for days."""
-    total = 0
-    while True:
-        async with db.system() as conn:
-            cur = await conn.execute(
-                "DELETE FROM turns WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM turns "
-                "WHERE created_at < now() - make_interval(secs => %s) LIMIT %s)",
-                (older_than_days * 86400, PURGE_BATCH))
-        total += cur.rowcount
-        if cur.rowcount < PURGE_BATCH:
-            return total
+    return await purge_older_than(db, "turns", ("tenant_id", "id"), older_than_days, PURGE_BATCH)
 
 
 async def list_turns(db: Database, tenant: str, session_id: str | None, limit: int,

@@ -23,6 +23,7 @@ from somastack.brain.context import ALL_NAMESPACES, load_density
 from somastack.config import Settings
 from somastack.errors import Conflict, InvalidInput, NotFound
 from somastack.store import Database
+from somastack.store.retention import purge_older_than
 
 
 @dataclass
@@ -90,16 +91,7 @@ PURGE_BATCH = 5000  # traces deleted per statement: short transactions, no long 
 async def purge_traces(db: Database, older_than_days: float) -> int:
     """Delete every tenant's traces older than the retention (settings.brain_trace_days), in
     batches; returns how many. Feedback on a deleted trace is 404 `trace_id`."""
-    total = 0
-    while True:
-        async with db.system() as conn:
-            cur = await conn.execute(
-                "DELETE FROM brain_traces WHERE id IN (SELECT id FROM brain_traces "
-                "WHERE created_at < now() - make_interval(secs => %s) LIMIT %s)",
-                (older_than_days * 86400, PURGE_BATCH))
-        total += cur.rowcount
-        if cur.rowcount < PURGE_BATCH:
-            return total
+    return await purge_older_than(db, "brain_traces", ("id",), older_than_days, PURGE_BATCH)
 
 
 async def feedback(db: Database, settings: Settings, tenant: str, trace_id: UUID, used_ids: list[UUID],
