@@ -140,10 +140,10 @@ class Sandbox:
         self.uid = settings.sandbox_uid
         self.python = settings.sandbox_python or _default_python()
         namespaces = mode != "rlimit" and shutil.which("unshare") is not None \
-            and _namespaces_work(self.as_root)
+            and shutil.which("mount", path=_SYSTEM_PATH) is not None and _namespaces_work(self.as_root)
         if mode == "namespace" and not namespaces:
-            raise SandboxUnavailable("network/PID namespaces are not available on this machine",
-                                     field="sandbox_isolation")
+            raise SandboxUnavailable("mount/network/PID namespaces (unshare, mount) are not "
+                                     "available on this machine", field="sandbox_isolation")
         if namespaces and self.as_root and shutil.which("setpriv") is None:
             raise SandboxUnavailable("`setpriv` is needed to drop privileges in the sandbox",
                                      field="sandbox_isolation")
