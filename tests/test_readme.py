@@ -158,6 +158,17 @@ def test_agent_turn(tour: Tour) -> None:
     assert turn["usage"]["tokens"] > 0
 
 
+def test_the_same_request_gets_the_same_answer(tour: Tour) -> None:
+    """The CLI turn and the HTTP turn ask the same of the same persona: at temperature 0 with a
+    fixed seed (and tool output that names no random directory) the answers are the same."""
+    cli = json.loads(tour.output_of("soma turn "))
+    events = [d for d in json_documents(tour.output_of("/v1/session/mint")) if "type" in d]
+    final = next(e for e in events if e["type"] == "answer" and e["data"].get("final"))
+    usage = next(e for e in events if e["type"] == "usage")
+    assert final["data"]["text"] == cli["answer"]
+    assert usage["data"]["tokens"] == cli["usage"]["tokens"]
+
+
 def test_http_turn_resume_and_replay(tour: Tour) -> None:
     streamed = tour.output_of("/v1/session/mint")
     assert "event: recall" in streamed and "event: usage" in streamed

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from somastack.agent.tools import PYTHON, Sandbox, SandboxJob, SandboxLimits, SandboxOutcome
+from somastack.agent.tools.sandbox import INSIDE
 from somastack.config import Settings
 from somastack.errors import InvalidInput, SandboxUnavailable, ToolOutputTooLarge, ToolTimeout
 
@@ -218,25 +219,47 @@ async def test_the_servers_private_files_and_processes_are_out_of_sight(
 async def test_concurrent_runs_cannot_see_or_change_each_others_files(sandbox: Sandbox,
                                                                      settings: Settings) -> None:
     """Every run's working directory is made in the temp directory, which each run sees as a
-    private tmpfs holding only its own: another tenant's tool cannot read or rewrite it."""
+    private tmpfs holding only its own (at the same fixed path): another tenant's tool cannot
+    read or rewrite it, even knowing where it lives on the host."""
     if not namespaces_or_a_clear_refusal(sandbox, settings):
         return
-    source = ("import os, time\nprint(os.getcwd(), flush=True)\ntime.sleep(1.5)\n"
-              "print(len(open('main.py').read()))")
-    first = program(source)
-    async with aclosing(sandbox.run(first)) as pieces:
-        where = (await anext(pieces)).strip()  # the first run is alive, in `where`
-        assert os.path.exists(os.path.join(where, "main.py"))  # (seen from the host)
-        code = (f"import os, json\nw = {where!r}\nout = [sorted(os.listdir(os.path.dirname(w))) ==\n"
-                f"       [os.path.basename(os.getcwd())]]\n"
+    source = (f"# run {uuid.uuid4()}\nimport os, time\nprint(os.getcwd(), flush=True)\n"
+              "time.sleep(1.5)\nprint(len(open('main.py').read()))")
+    async with aclosing(sandbox.run(program(source))) as pieces:
+        inside = (await anext(pieces)).strip()  # the first run is alive
+        assert inside == str(sandbox.tmp / INSIDE)
+        (host,) = [d for d in sandbox.tmp.glob("soma-sbx-*")  # its directory, seen from the host
+                   if (d / "main.py").exists() and (d / "main.py").read_text() == source]
+        code = (f"import os, json\nw = {str(host)!r}\n"
+                "here = os.getcwd()\n"
+                "out = [sorted(os.listdir(os.path.dirname(here))) == [os.path.basename(here)],\n"
+                "       sorted(os.listdir('.'))]\n"
                 "for act in ('r', 'w'):\n"
                 "    try:\n        open(os.path.join(w, 'main.py'), act).close(); out.append('opened')\n"
                 "    except OSError as e:\n        out.append(type(e).__name__)\n"
                 "print(json.dumps(out))")
         _, second = await run(sandbox, code)
         rest = [p async for p in pieces]
-    only_own, read, write = json.loads(second.stdout)
-    assert only_own is True and read == write == "FileNotFoundError"
+    only_own, listing, read, write = json.loads(second.stdout)
+    assert only_own is True and listing == ["main.py"] and read == write == "FileNotFoundError"
     outcome = rest[-1]
     assert isinstance(outcome, SandboxOutcome) and outcome.exit_code == 0
     assert outcome.stdout.split()[-1] == str(len(source))  # its program was not touched
+
+
+@pytest.mark.asyncio
+async def test_the_same_program_prints_the_same_every_run(sandbox: Sandbox,
+                                                        settings: Settings) -> None:
+    """A traceback names the program's file; with a random working directory in that name, a
+    tool's error text (which the model reads) differed from run to run, and so did the turn."""
+    if not namespaces_or_a_clear_refusal(sandbox, settings):
+        return
+    code = "import os\nprint(os.getcwd(), os.environ['HOME'])\nprint(3*12+15,"
+    (_, first), (_, second) = [await run(sandbox, code) for _ in range(2)]
+    assert first.exit_code == 1 and "SyntaxError" in first.stderr
+    assert str(sandbox.tmp / INSIDE / "main.py") in first.stderr
+    assert (first.stdout, first.stderr) == (second.stdout, second.stderr)
+    code = "import os\nprint(os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'])\n1/0"
+    (_, first), (_, second) = [await run(sandbox, code) for _ in range(2)]
+    assert first.stdout == "True\n" and "ZeroDivisionError" in first.stderr
+    assert (first.stdout, first.stderr) == (second.stdout, second.stderr)

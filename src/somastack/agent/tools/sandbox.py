@@ -19,9 +19,11 @@ What is enforced, and by what:
   env and the process group are still enforced; the network is NOT blocked and a descendant that
   leaves the process group can survive. `SOMA_SANDBOX_ISOLATION=namespace` refuses to run then.
 With namespaces the temp directory (where working directories live) is a private tmpfs holding
-only this run's working directory: concurrent runs (other tenants' tools) cannot see or change
-each other's files. Otherwise the filesystem is the host's, read-only to the sandbox user except
-its working directory.
+only this run's working directory, at the same path in every run (`<tmp>/soma-sandbox`):
+concurrent runs (other tenants' tools) cannot see or change each other's files, and what a
+program prints (a traceback's file names) does not depend on a random directory name, so the same
+turn gives the same answer. Otherwise the filesystem is the host's, read-only to the sandbox user
+except its working directory.
 """
 
 from __future__ import annotations
@@ -83,12 +85,13 @@ class SandboxOutcome:
     isolation: str
 
 
+INSIDE = "soma-sandbox"  # the working directory's name inside a namespace, in the temp directory
 _UNSHARE = ["unshare", "--mount", "--mount-proc", "--net", "--pid", "--fork", "--kill-child"]
 # The namespace's first process covers each directory given before the first `--` with an empty
 # tmpfs that nobody may enter; then gives the temp directory (where every run's working
 # directory lives) a fresh, private tmpfs holding only this run's working directory (its cwd,
-# bind-mounted back: `--no-canonicalize`, or mount would resolve "." by name, into the new tmpfs),
-# so concurrent runs cannot see each other; then becomes the rest.
+# bind-mounted at the fixed INSIDE path: `--no-canonicalize`, or mount would resolve "." by name,
+# into the new tmpfs), so concurrent runs cannot see each other; then becomes the rest.
 _COVER = ["/bin/sh", "-c", 'set -e; while [ "$1" != -- ]; do '
           'mount -t tmpfs -o size=4k,mode=000 soma-hidden "$1"; shift; done; shift; '
           'mount -t tmpfs -o size=64m,mode=1777 soma-tmp "$1"; mkdir -p "$2"; '
@@ -152,6 +155,10 @@ class Sandbox:
         self.tmp = Path(tempfile.gettempdir()).resolve()  # where working directories are made
         self.hidden = hidden_dirs(settings, [python, self.tmp])
 
+    def inside(self, work: Path) -> Path:
+        """Where the program sees its working directory: a fixed path in a namespace."""
+        return self.tmp / INSIDE if self.isolation == "namespace" else work
+
     def _argv(self, job: SandboxJob, work: Path) -> list[str]:
         argv = [self.python if a == PYTHON else a for a in job.argv]
         if self.isolation == "rlimit":
@@ -160,7 +167,7 @@ class Sandbox:
         # signal death as exit 128+n (unshare itself cannot re-raise it), and when it exits the
         # kernel kills whatever the job left behind.
         init = ["/bin/sh", "-c", '"$@"; exit $?', "sandbox-init", *argv]
-        cover = [*_COVER, *map(str, self.hidden), "--", str(self.tmp), str(work)]
+        cover = [*_COVER, *map(str, self.hidden), "--", str(self.tmp), str(self.inside(work))]
         if not self.as_root:
             return [*_UNSHARE[:1], "--user", "--map-root-user", *_UNSHARE[1:], "--", *cover, *init]
         drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
@@ -204,7 +211,8 @@ class Sandbox:
     async def run(self, job: SandboxJob) -> AsyncGenerator[str | SandboxOutcome, None]:
         """Yield stdout text as it arrives, then one SandboxOutcome; kill and raise on a limit."""
         work = self._workdir(job)
-        env = {"PATH": _SYSTEM_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
+        home = str(self.inside(work))
+        env = {"PATH": _SYSTEM_PATH, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
