@@ -2,8 +2,9 @@
 
 Every /v1 route depends on `caller` (directly or through `Tenant`): the credential is verified,
 its tenant becomes the request's tenant (never a header or body), the route's scope is checked,
-the tenant's rate limit applied and, for memory writes, the policy decision point consulted.
-Each refusal is audited. Routers declare extra scopes with `scoped("agent:run")`.
+the tenant's rate limit applied, input holding NUL refused and, for memory writes, the policy
+decision point consulted. Each refusal is audited. Routers declare extra scopes with
+`scoped("agent:run")`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -20,7 +22,7 @@ from fastapi.security import SecurityScopes
 from somastack.api.metrics import Metrics
 from somastack.brain.embed import AsyncEmbedder
 from somastack.config import Settings
-from somastack.errors import ConstitutionInvalid, PolicyDenied, SomaError
+from somastack.errors import ConstitutionInvalid, InvalidInput, PolicyDenied, SomaError
 from somastack.governance import auth, policy
 from somastack.governance.principal import ADMIN, Principal
 from somastack.governance.runtime import Governance
@@ -33,6 +35,7 @@ DOMAIN_SCOPES = {"memory": ("memory:read", "memory:write")}
 READ_POSTS = {"/v1/memory/recall"}
 POLICY_ACTIONS = {"DELETE": "memory.delete", "/v1/memory/forget": "memory.delete"}
 AUTHENTICATED = "authenticated"  # pseudo-scope: any valid credential of any tenant
+JSON_NUL = b"\\u0000"  # how a JSON body spells NUL (a raw NUL byte is not JSON at all)
 
 
 @dataclass
@@ -110,6 +113,38 @@ async def _memory_resource(request: Request, route: str) -> dict[str, Any]:
     return resource
 
 
+def _nul_field(document: Any) -> str | None:
+    """The field ('items[0].content') of the first string, or object key, holding NUL."""
+    todo: deque[tuple[str, Any]] = deque([("", document)])
+    while todo:  # breadth first, without recursion: a body may nest as deep as JSON parses
+        at, value = todo.popleft()
+        if isinstance(value, str) and "\x00" in value:
+            return at or "body"
+        if isinstance(value, dict):
+            if any("\x00" in k for k in value):
+                return at or "body"
+            todo.extend((f"{at}.{k}" if at else k, v) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
+    return None
+
+
+async def _refuse_nul(request: Request) -> None:
+    """InvalidInput naming the parameter or body field that holds NUL: PostgreSQL stores it in
+    neither text nor jsonb, so it must be refused before any query (not fail one, a 500)."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if "\x00" in str(value):
+            raise InvalidInput("must not contain the NUL character", field=name)
+    body = await request.body()
+    if JSON_NUL in body:  # rare: only then is the body parsed a second time
+        try:
+            at = _nul_field(json.loads(body))
+        except ValueError:
+            return
+        if at is not None:
+            raise InvalidInput("must not contain the NUL character (\\u0000)", field=at)
+
+
 def _policy_action(method: str, path: str) -> str | None:
     if not path.startswith("/v1/memory") or method in ("GET", "HEAD") or path in READ_POSTS:
         return None
@@ -120,7 +155,8 @@ async def caller(
     request: Request, security_scopes: SecurityScopes, s: State,
     who: Annotated[Principal, Depends(principal)],
 ) -> Principal:
-    """The caller, admitted: scopes held, within the rate limit, and allowed by policy."""
+    """The caller, admitted: scopes held, within the rate limit, input storable, and allowed by
+    policy."""
     gov, trace, route = s.governance, trace_id(request), route_of(request)
     path = route.split(" ", 1)[1]
     try:
@@ -131,6 +167,7 @@ async def caller(
         action = "rate.deny" if exc.status == 429 else "scope.deny"
         raise await auth.refuse(s.db, exc, actor=who.actor, tenant_id=who.tenant_id, action=action,
                                 resource=route, trace_id=trace) from None
+    await _refuse_nul(request)
     policy_action = _policy_action(request.method, path)
     if policy_action is not None:
         decision = await policy.authorize(s.db, gov.rego, gov.constitution, policy.Request(
