@@ -23,6 +23,10 @@ Kind = Literal["episodic", "semantic", "procedural"]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Short = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Scalar = StrictStr | int | float | bool | None
+TTL_MAX_S = 100 * 365 * 24 * 3600  # a century; far beyond it the expiry date overflows
+# A number of a unit vector. Unbounded, NaN and ∞ are refused by pgvector (a 500) and 2**70 is
+# stored, then overflows every recall whose candidates include it.
+Component = Annotated[float, Field(ge=-1, le=1)]
 
 
 class Strict(BaseModel):
@@ -38,11 +42,13 @@ class RememberIn(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=32)
     importance: float = Field(default=0.5, ge=0, le=1)
     event_time: When | None = None
-    ttl_s: int | None = Field(default=None, gt=0, description="expire after this many seconds")
+    ttl_s: int | None = Field(default=None, gt=0, le=TTL_MAX_S,
+                              description="expire after this many seconds (at most a century)")
     expires_at: When | None = None
     source: Short | None = None
     trace_id: Short | None = None
-    embedding: list[float] | None = Field(default=None, description="precomputed vector (import)")
+    embedding: list[Component] | None = Field(
+        default=None, description="precomputed unit vector (import); each number in [-1, 1]")
     embedder: Short | None = Field(default=None, description="id of the embedder of `embedding`")
 
     def draft(self, default_namespace: str = "default") -> MemoryDraft:
@@ -159,7 +165,7 @@ class PatchIn(Strict):
     importance: float | None = Field(default=None, ge=0, le=1)
     event_time: When | None = None
     expires_at: When | None = None
-    ttl_s: int | None = Field(default=None, gt=0)
+    ttl_s: int | None = Field(default=None, gt=0, le=TTL_MAX_S)
 
 
 class LinkIn(Strict):
