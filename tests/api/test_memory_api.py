@@ -29,6 +29,17 @@ def test_remember_get_roundtrip(client: Client) -> None:
     assert len(client.get(out["id"], include_embedding=True)["embedding"]) == 384
 
 
+def test_a_given_vector_is_stored_as_a_unit_vector(client: Client) -> None:
+    """Recall's dot products are cosines between unit vectors; a vector given with the memory
+    (an import, say) is stored with length 1, in its own direction."""
+    given = np.linspace(-0.2, 0.3, 384)
+    out = client.remember("a memory brought with its own vector", namespace="given",
+                          embedding=given.tolist(), embedder="all-MiniLM-L6-v2-onnx-int8")
+    stored = np.array(client.get(out["id"], include_embedding=True)["embedding"])
+    assert abs(float(np.linalg.norm(stored)) - 1) < 1e-5
+    assert float(stored @ given / np.linalg.norm(given)) > 0.99999
+
+
 def test_duplicate_content_merges(client: Client, db: psycopg.Connection, tenant: str) -> None:
     a = client.remember("Bob drinks  black coffee", namespace="n", importance=0.2, metadata={"a": 1})
     b = client.remember("Bob drinks black coffee", namespace="n", importance=0.9, metadata={"b": 2},

@@ -83,7 +83,14 @@ def _draft_vector(d: MemoryDraft, embedder: AsyncEmbedder, prefix: str, i: int
         got = 0 if d.embedding is None else len(d.embedding)
         raise InvalidInput(f"expected {embedder.dims} numbers, got {got}",
                            field=_field(prefix, i, "embedding"))
-    return np.asarray(d.embedding, dtype=np.float32)
+    vec = np.asarray(d.embedding, dtype=np.float32)
+    norm = float(np.linalg.norm(vec))
+    if norm < 1e-6:
+        raise InvalidInput("the embedding is all zeros (it has no direction)",
+                           field=_field(prefix, i, "embedding"))
+    # Recall's dot products are cosines only between unit vectors (as this embedder makes them);
+    # a given vector is made one, so that rounding in export → import cannot skew a score.
+    return vec / norm
 
 
 OVERLAP_UP_TO = 8  # remember calls of up to this many drafts embed while the rows are read
