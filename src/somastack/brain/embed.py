@@ -45,7 +45,20 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
 
 
-def int8_matmuls(model: bytes) -> bytes:
+def exact_u8s8() -> bool:
+    """Whether onnxruntime's uint8 × int8 product is exact on this CPU: with AVX-512 VNNI or
+    AVX-VNNI (x86) it sums the byte products in 32 bits. Without them (AVX2 only, e.g. this
+    project's AMD EPYC machine kind) its kernel (`vpmaddubsw`) adds pairs of byte products into
+    16 bits, which saturate: 255·127·2 > 32,767. That cost vectors their accuracy (cosine to the
+    fp32 run fell to 0.93-0.99) and made them depend on the CPU that embedded them."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags.split()))
+
+
+def int8_matmuls(model: bytes, signed_weights: bool | None = None) -> bytes:
     """The ONNX model with every MatMul by a stored int8 weight run as an integer product.
 
     The pip model keeps each weight as int8 values W_q with one scale c_j per output column, and
@@ -57,12 +70,19 @@ def int8_matmuls(model: bytes) -> bytes:
         x·W = c ⊙ (s·(q·W_q) + lo·Σ_i W_q[i, :])
 
     with q·W_q an exact integer product (`MatMulInteger`, u8 × s8: onnxruntime's fastest integer
-    kernel on this CPU, 10x its `MatMulNBits`) and the column sums of W_q a constant. Rows are
+    kernel on a CPU with VNNI, 10x its `MatMulNBits`) and the column sums of W_q a constant. Rows are
     tokens, so a text's vector does not depend on the texts it shares a model run with, and one
     quantisation serves the three projections that read the same input (q, k, v). Against the
     fp32 run of the same weights: cosine ≥ 0.995 for any text, 0.9993 on average
     (tests/brain/test_embed.py).
+
+    Where the u8 × s8 product is not exact (`exact_u8s8`), the weights are stored as uint8
+    W_q + 128 with zero point 128 instead (`signed_weights=False`): the u8 × u8 kernel widens to
+    16 bits before it multiplies, so q·(W_q + 128 − 128) is the same exact integer product,
+    ~10-20% slower on such a CPU. Either way a text gets the same vector on any machine.
     """
+    if signed_weights is None:
+        signed_weights = exact_u8s8()
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -73,6 +93,7 @@ def int8_matmuls(model: bytes) -> bytes:
     uses = Counter(name for n in g.node for name in n.input)
     g.initializer.extend([numpy_helper.from_array(np.array(v, np.float32), name) for name, v in (
         ("i8_eps", 1e-12), ("i8_255", 255.0), ("i8_inv255", 1 / 255))])
+    g.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), "u8_zero128"))
     nodes, replaced = [], set()
     quantised: dict[str, tuple[str, str, str]] = {}  # activation → (q, s, lo)
     for n in g.node:
@@ -106,14 +127,17 @@ def int8_matmuls(model: bytes) -> bytes:
             ]
             quantised[x] = (f"{p}_q", f"{p}_s", f"{p}_lo")
         q, s, lo = quantised[x]
-        w, col, sums, o = (f"{cast.input[0]}_s8", f"{mul.input[1]}_col", f"{cast.input[0]}_sums",
-                           n.output[0])
+        kind = "s8" if signed_weights else "u8"
+        w, col, sums, o = (f"{cast.input[0]}_{kind}", f"{mul.input[1]}_col",
+                           f"{cast.input[0]}_sums", n.output[0])
+        stored = w_q if signed_weights else (w_q.astype(np.int16) + 128).astype(np.uint8)
         g.initializer.extend([
-            numpy_helper.from_array(w_q, w),
+            numpy_helper.from_array(stored, w),
             numpy_helper.from_array(scale.reshape(-1).astype(np.float32), col),
             numpy_helper.from_array(w_q.astype(np.float32).sum(axis=0), sums)])
         nodes += [
-            helper.make_node("MatMulInteger", [q, w], [f"{o}_int"]),
+            helper.make_node("MatMulInteger", [q, w] if signed_weights else [q, w, "", "u8_zero128"],
+                             [f"{o}_int"]),
             helper.make_node("Cast", [f"{o}_int"], [f"{o}_float"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{o}_float", s], [f"{o}_qw"]),
             helper.make_node("Mul", [lo, sums], [f"{o}_low"]),
