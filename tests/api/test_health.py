@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import sys
 
+import httpx
 import pytest
 
 from somastack import Client
 from somastack.config import Settings
 
 
-def test_health_ready_and_metrics(client: Client) -> None:
+def test_health_ready_and_metrics(client: Client, server: str, admin_key: str) -> None:
     http = client.http
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["migrations"] == "ok"
     client.remember("metrics are measured", namespace="m")
     client.recall("metrics", namespace="m")
-    text = http.get("/metrics").text
+    # the figures are the whole server's: a tenant's own key (even its admin's) is refused
+    refused = http.get("/metrics")
+    assert refused.status_code == 403 and refused.headers["content-type"].startswith(
+        "application/problem+json")
+    assert httpx.get(f"{server}/metrics").status_code == 401
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {admin_key}"}).text
     recall_buckets = [ln for ln in text.splitlines()
                       if ln.startswith("soma_http_request_duration_seconds_bucket")
                       and 'route="/v1/memory/recall"' in ln and 'status="200"' in ln]

@@ -790,10 +790,6 @@ def test_no_attempt_met_a_server_error(world: World) -> None:
     assert world.server_errors == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GET /metrics needs no credential and its gauge soma_memories_stored counts the live memories "
-    "of all tenants: tenant B (or anyone who reaches the port) watches another tenant's memory "
-    "count move as it remembers and forgets"))
 def test_b_cannot_infer_another_tenants_memory_count_from_metrics(
         world: World, server: str, tenant_key: Callable[[str], str | None]) -> None:
     victim = tenant_key(f"iso-c-{uuid.uuid4().hex[:8]}")

@@ -1,16 +1,23 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+`/healthz` and `/readyz` say nothing about anyone's data and need no credential. `/metrics` does:
+its figures are the whole server's (memories stored, requests by route), so any tenant could
+watch another's activity in them (subtracting its own); it is the platform's, and answers only
+a platform-admin credential (`Authorization: Bearer $(cat ~/.soma/admin.key)`, or a Prometheus
+`authorization: {credentials_file: …}`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 
-from somastack.api.deps import State
+from somastack.api.deps import State, scoped
 from somastack.api.problems import problem
 from somastack.brain.model import LIVE
+from somastack.governance.principal import PLATFORM_ADMIN, Principal
 from somastack.store import migrate
 
 router = APIRouter(tags=["health"])
@@ -42,8 +49,8 @@ async def readyz(s: State) -> Any:
 
 
 @router.get("/metrics")
-async def metrics(s: State) -> Response:
-    """Prometheus text format."""
+async def metrics(s: State, _: Annotated[Principal, scoped(PLATFORM_ADMIN)]) -> Response:
+    """Prometheus text format; platform admins only (the figures are every tenant's)."""
     async with s.db.system() as conn:
         cur = await conn.cursor(row_factory=dict_row).execute(
             f"SELECT count(*) AS n FROM memories WHERE {LIVE}")
