@@ -100,6 +100,36 @@ def test_concurrent_small_requests_share_runs_and_keep_their_own_vectors() -> No
     assert_same_vectors(pair, alone[:2])
 
 
+def test_a_busy_embedder_waits_briefly_for_company() -> None:
+    model = CountedRuns(EMB)
+    window_s = 0.5
+
+    async def scenario() -> tuple[float, float, float, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        emb = AsyncEmbedder(model, coalesce_ms=window_s * 1000)
+        try:
+            start = loop.time()
+            await emb.embed(["the first request finds the embedder idle"])
+            idle_s = loop.time() - start
+            start = loop.time()  # busy now: a run just ended
+            a = asyncio.ensure_future(emb.embed(["Ada prefers green tea"]))
+            await asyncio.sleep(window_s / 5)
+            b = asyncio.ensure_future(emb.embed(["Who moved to Lisbon?"]))
+            _, got_b = await asyncio.gather(a, b)
+            waited_s = loop.time() - start
+            start = loop.time()  # COALESCE_START requests start without waiting out the window
+            await asyncio.gather(*(emb.embed([f"query {i}"])
+                                   for i in range(AsyncEmbedder.COALESCE_START)))
+            return idle_s, waited_s, loop.time() - start, got_b
+        finally:
+            emb.close()
+
+    idle_s, waited_s, early_s, got_b = asyncio.run(scenario())
+    assert model.runs == 3  # alone; the two that came within the window; the four at once
+    assert idle_s < window_s and early_s < window_s <= waited_s
+    assert_same_vectors(got_b, EMB.embed(["Who moved to Lisbon?"]))
+
+
 def test_a_failed_run_fails_every_request_in_it() -> None:
     closed = OpenAIEmbedder("http://127.0.0.1:9/v1", "m", None, 8)  # nothing listens on port 9
 

@@ -77,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             await db.close()
             raise
-        embedder = AsyncEmbedder(await asyncio.to_thread(build_embedder, settings))
+        embedder = AsyncEmbedder(await asyncio.to_thread(build_embedder, settings),
+                                 coalesce_ms=settings.embed_coalesce_ms)
         gc.freeze()  # what start-up allocated is permanent: keep full collections short (p99)
         # A request allocates tens of thousands of short-lived objects, nearly all freed by
         # reference counting. With CPython's default (700, 10, 10) the collector still ran ~17
