@@ -43,12 +43,19 @@ class LexicalPlan:
 
     @property
     def tsquery(self) -> str:
-        def q(x: str) -> str:
-            return "'" + x.replace("\\", "\\\\").replace("'", "''") + "'"
-
         if self.pairs:
-            return " | ".join(f"({q(a)} & {q(b)})" for a, b in self.pairs)
-        return " | ".join(q(x) for x in self.lexemes)
+            return " | ".join(f"({_quoted(a)} & {_quoted(b)})" for a, b in self.pairs)
+        return " | ".join(_quoted(x) for x in self.lexemes)
+
+    @property
+    def term_queries(self) -> list[str]:
+        """One tsquery per lexeme, in the order of `lexemes` and `idf`."""
+        return [_quoted(x) for x in self.lexemes]
+
+
+def _quoted(lexeme: str) -> str:
+    """The lexeme as a tsquery operand."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def bm25_idf(df: np.ndarray, n: float) -> np.ndarray:
@@ -156,15 +163,35 @@ def filters_sql(q: RecallQuery, params: dict[str, Any]) -> str:
     return " AND ".join(where)
 
 
-def candidate_sql(dims: int, where: str, neighbours: bool) -> str:
-    """ANN (memory vector, context vector), BM25, and chain neighbours, with their rows and
-    their own chain links (prev/next: read once for the whole set; one index probe per row and
-    direction had cost a quarter of the query).
+def held_sql(terms: int) -> str:
+    """A lower bound of memory m's BM25 over the plan's `terms` lexemes (params lexq: one
+    tsquery per lexeme, idf, avgdl): BM25 with every held lexeme counted once (tf = 1),
 
-    BM25 over the planned terms: Σ_t idf(t)·tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl)), with
-    |d| the number of distinct lexemes of the memory. Each matching memory sums, in a scalar
-    subquery, over the query's lexemes only (marked with weight A and filtered on it before
-    unnest): a third cheaper than unnesting all its lexemes and joining them to the query's.
+        Σ_{t ∈ q ∩ d} idf(t) · (k1 + 1) / (1 + k1·(1 − b + b·|d|/avgdl)),
+
+    one `@@` per query lexeme (a binary search in the tsvector). BM25 grows with tf, so this is
+    at most the memory's BM25, and equal to it unless a query lexeme repeats in the memory (in
+    0.24% of memory-lexeme pairs on the scale bench's corpus: memories are short)."""
+    if terms == 0:
+        return "0::float8"
+    held = " + ".join(f"CASE WHEN m.tsv @@ (%(lexq)s::tsquery[])[{i}] "
+                      f"THEN (%(idf)s::float8[])[{i}] ELSE 0 END" for i in range(1, terms + 1))
+    return (f"({held}) * {BM25_K1 + 1} / (1 + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * "
+            f"length(m.tsv) / %(avgdl)s))")
+
+
+def candidate_sql(dims: int, where: str, neighbours: bool, terms: int) -> str:
+    """ANN (memory vector, context vector), BM25 over the plan's `terms` lexemes, and chain
+    neighbours, with their rows and their own chain links (prev/next: read once for the whole
+    set; one index probe per row and direction had cost a quarter of the query).
+
+    BM25: Σ_t idf(t)·tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl)), with |d| the number of
+    distinct lexemes of the memory. The matching memories are first ranked by its tf = 1 lower
+    bound (held_sql), and the best 2n of them get their exact BM25, summed in a scalar subquery
+    over the query's lexemes only (marked with weight A and filtered on it before unnest). The
+    positions that subquery reads were a third of the lexical list's cost when every match (up
+    to 500) went through it. The list is the exact top n unless a memory outside the first 2n
+    by the bound overtakes one inside by repeating query lexemes.
     """
     cols = ", ".join(f"m.{c.strip()}" for c in MEMORY_COLUMNS.split(",") if c.strip() != "metadata")
     nb = f"""
@@ -183,6 +210,11 @@ WITH dense AS MATERIALIZED (
   SELECT m.id FROM memories m
   WHERE {where} AND vector_dims(m.context_embedding) = {dims}
   ORDER BY (m.context_embedding::vector({dims})) <=> %(qvec)s::vector({dims}) LIMIT %(n)s
+), held AS MATERIALIZED (
+  SELECT m.id, m.tsv
+  FROM (SELECT m.id, m.tsv FROM memories m
+        WHERE {where} AND %(tsq)s <> '' AND m.tsv @@ %(tsq)s::tsquery LIMIT %(scored)s) AS m
+  ORDER BY {held_sql(terms)} DESC, m.id LIMIT 2 * %(n)s
 ), lex AS MATERIALIZED (
   SELECT m.id, (
     SELECT sum((%(idf)s::float8[])[array_position(%(lexemes)s::text[], u.lexeme)]
@@ -190,8 +222,7 @@ WITH dense AS MATERIALIZED (
                / (cardinality(u.positions)
                   + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * length(m.tsv) / %(avgdl)s)))
     FROM unnest(ts_filter(setweight(m.tsv, 'A', %(lexemes)s::text[]), '{{a}}')) AS u) AS bm25
-  FROM (SELECT m.id, m.tsv FROM memories m
-        WHERE {where} AND %(tsq)s <> '' AND m.tsv @@ %(tsq)s::tsquery LIMIT %(scored)s) AS m
+  FROM held AS m
   ORDER BY bm25 DESC, m.id LIMIT %(n)s
 ), seed AS (
   SELECT array(SELECT id FROM dense UNION SELECT id FROM ctx UNION SELECT id FROM lex) AS ids
@@ -254,12 +285,14 @@ async def send(conn: psycopg.AsyncConnection, tenant: str, q: RecallQuery, qvec:
                ) -> psycopg.AsyncCursor[Any]:
     """Issue the candidate query; its rows are read with `unpack` (in a pipeline: once sent)."""
     params: dict[str, Any] = {"tenant": tenant, "embedder": embedder_id, "qvec": qvec, "n": n,
-                              "tsq": plan.tsquery, "lexemes": plan.lexemes, "idf": plan.idf,
+                              "tsq": plan.tsquery, "lexq": plan.term_queries, "lexemes": plan.lexemes,
+                              "idf": plan.idf,
                               "avgdl": plan.avgdl, "scored": plan.max_scored}
     where = filters_sql(q, params)
     if n > 50:  # the pool's connections search 50 wide (store.database)
         await conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(n),))
-    return await conn.execute(candidate_sql(len(qvec), where, neighbours), params, binary=True)
+    return await conn.execute(candidate_sql(len(qvec), where, neighbours, len(plan.lexemes)),
+                              params, binary=True)
 
 
 async def unpack(cur: psycopg.AsyncCursor[Any], qvec: np.ndarray, speakers: list[str]
