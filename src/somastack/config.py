@@ -40,10 +40,12 @@ class Settings(BaseSettings):
     # Texts per model run when a call brings many (imports): 16 pads less than 64 (each run pads
     # to its longest text) and stays in cache; ingest +20% in paired runs (docs/recall.md, Speed).
     embed_batch: int = Field(default=16, ge=1, le=1024, description="texts per model run")
-    # A busy embedder waits this long for more small requests to share a run (recall: the query
-    # is embedded while its lexical plan is read, so the wait is mostly hidden); 0 turns it off.
-    embed_coalesce_ms: float = Field(default=3.0, ge=0, le=100, description="on a busy embedder, "
-                                     "how long a small request waits for others to share its run")
+    # A busy embedder may wait this long for more small requests to share a run. Off by default:
+    # on the scale bench it helped when the machine was slow and cost queries/s when it was fast
+    # (docs/recall.md, Speed: eighth pass).
+    embed_coalesce_ms: float = Field(default=0.0, ge=0, le=100, description="on a busy embedder, "
+                                     "how long a small request waits for others to share its run "
+                                     "(0: never)")
     embed_url: str | None = Field(default=None, description="OpenAI-compatible /v1 base URL")
     embed_model: str = "text-embedding-3-small"
     embed_api_key: str | None = None

@@ -241,14 +241,14 @@ class AsyncEmbedder:
     Small requests (a recall query, one memory) are coalesced: while one such run is in flight,
     the next ones queue and then run together as one batch. A model run has a fixed cost (it
     reads all the weights whatever the batch): 4 queries in one run cost about two thirds of the
-    CPU of 4 runs. On an idle embedder a request starts a run at once. On a busy one (a run ended
-    less than BUSY_S ago) it waits up to `coalesce_ms` for others to join, or until
-    COALESCE_START requests are queued: a recall reads its lexical plan from PostgreSQL meanwhile,
-    so the wait costs it little, and under load runs of ~1-2 queries became runs of several.
-    At 8 concurrent recalls on 2 cores, 3 ms measured 8-10% fewer CPU-seconds per recall and a
-    15% lower p95 in interleaved runs (docs/recall.md, Speed: eighth pass). (Two runs in flight
-    measured worse: more runs, more CPU.) A text's vector does not depend on the texts it shares
-    a run with (see int8_matmuls).
+    CPU of 4 runs. A request starts a run at once when none is in flight, unless `coalesce_ms` is
+    set: then on a busy embedder (a run ended less than BUSY_S ago) it waits up to that long for
+    others to join, or until COALESCE_START requests are queued. A recall reads its lexical plan
+    meanwhile, so the wait is partly hidden, and runs of 1-2 queries become runs of several; on
+    the scale bench that saved CPU when the machine was slow and cost queries/s when it was fast,
+    so it is off by default (docs/recall.md, Speed: eighth pass). (Two runs in flight measured
+    worse: more runs, more CPU.) A text's vector does not depend on the texts it shares a run
+    with (see int8_matmuls).
     Large requests (imports) are split over all workers instead.
     """
 
