@@ -54,6 +54,9 @@ CASES: list[tuple[str, str, str, Any, int, str]] = [
     ("top_k zero", "POST", "/v1/memory/recall", {"query": "a", "top_k": 0}, 422, "top_k"),
     ("top_k wrong type", "POST", "/v1/memory/recall", {"query": "a", "top_k": "ten"}, 422, "top_k"),
     ("empty query", "POST", "/v1/memory/recall", {"query": ""}, 422, "query"),
+    ("unknown ablation", "POST", "/v1/memory/recall", {"query": "a", "ablate": ["recency", "nope"]},
+     422, "ablate[1]"),
+    ("invalid UTF-8", "POST", "/v1/memory/remember", b'{"content": "\xff\xfe"}', 400, "body"),
     ("unknown filter", "POST", "/v1/memory/recall", {"query": "a", "filters": {"colour": "x"}}, 422,
      "filters.colour"),
     ("malformed id", "GET", "/v1/memory/not-a-uuid", None, 422, "id"),
@@ -78,7 +81,7 @@ def test_bad_input_names_the_field_and_writes_nothing(
     client.remember("an existing memory", namespace="default")
     before = tenant_rows(db, tenant)
     kwargs: dict[str, Any] = {}
-    if isinstance(body, str):
+    if isinstance(body, str | bytes):
         kwargs = {"content": body, "headers": {"content-type": "application/json"}}
     elif body is not None:
         kwargs = {"json": body}

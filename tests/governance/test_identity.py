@@ -76,9 +76,9 @@ def test_tenant_admin_cannot_escalate(server: str, admin: Client) -> None:
     tenant = new_tenant(admin)
     with Client(server, api_key=key(admin, tenant, "admin")) as owner:
         resp = owner.http.post("/v1/keys", json={"name": "x", "scopes": ["platform:admin"]})
-        assert resp.status_code == 403 and resp.json()["field"] == "scopes"
+        assert resp.status_code == 403 and resp.json()["field"] == "scopes[0]"
         resp = owner.http.post("/v1/keys", json={"name": "x", "scopes": ["memory:read", "root"]})
-        assert resp.status_code == 422 and resp.json()["field"] == "scopes"
+        assert resp.status_code == 422 and resp.json()["field"] == "scopes[1]"
         assert owner.http.get("/v1/tenants").status_code == 403
         other = new_tenant(admin)
         assert owner.http.get(f"/v1/tenants/{other}").status_code == 404

@@ -184,6 +184,9 @@ def test_outbox_cli_status_and_replay(fresh_server: str, fresh_settings: Setting
     assert status["pending"] >= 1 and status["dead"] == 0  # bootstrap's audit events, no NATS set
     out = run_soma(env, "outbox", "replay")
     assert out.returncode == 0 and "requeued 0 event(s)" in out.stdout
+    with Client(fresh_server, api_key=fresh_settings.admin_key_file.read_text().strip()) as admin:
+        resp = admin.http.post("/v1/outbox/replay", json={"ids": [str(uuid.uuid4()), "nope"]})
+        assert resp.status_code == 422 and resp.json()["field"] == "ids[1]", resp.text
     with Client(fresh_server) as anon:
         assert anon.http.get("/v1/outbox/status").status_code == 401
 

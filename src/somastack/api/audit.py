@@ -63,10 +63,14 @@ async def outbox_status(s: State, who: PlatformAdmin) -> Any:
 @router.post("/outbox/replay")
 async def outbox_replay(body: ReplayIn, request: Request, s: State, who: PlatformAdmin) -> Any:
     """Queue events again for the relay (consumers dedupe by event id)."""
-    try:
-        ids = [UUID(i) for i in body.ids] if body.ids is not None else None
-    except ValueError as exc:
-        raise InvalidInput("every id must be a UUID", field="ids") from exc
+    ids: list[UUID] | None = None
+    if body.ids is not None:
+        ids = []
+        for i, given in enumerate(body.ids):
+            try:
+                ids.append(UUID(given))
+            except ValueError:
+                raise InvalidInput(f"{given!r} is not a UUID", field=f"ids[{i}]") from None
     async with s.db.system() as conn:
         n = await outbox.replay(conn, dead_only=body.dead_only, since=body.since, event_ids=ids)
         await audit.append(conn, audit.AuditEvent(

@@ -91,7 +91,8 @@ async def create_tenant_key(tenant_id: TenantId, body: KeyIn, request: Request, 
                             who: PlatformAdmin) -> Any:
     """Create a key for any tenant (platform admin); platform:admin itself is never granted here."""
     if PLATFORM_ADMIN in body.scopes:
-        raise Forbidden("platform:admin can only be granted to your own tenant's keys", field="scopes")
+        raise Forbidden("platform:admin can only be granted to your own tenant's keys",
+                        field=f"scopes[{body.scopes.index(PLATFORM_ADMIN)}]")
     return await _create_key(tenant_id, body, request, s, who)
 
 
@@ -99,7 +100,8 @@ async def create_tenant_key(tenant_id: TenantId, body: KeyIn, request: Request, 
 async def create_key(body: KeyIn, request: Request, s: State, who: TenantAdmin) -> Any:
     """Create a key for your own tenant; the secret is in the answer and nowhere else."""
     if PLATFORM_ADMIN in body.scopes and not who.is_platform_admin:
-        raise Forbidden("only a platform admin can grant platform:admin", field="scopes")
+        raise Forbidden("only a platform admin can grant platform:admin",
+                        field=f"scopes[{body.scopes.index(PLATFORM_ADMIN)}]")
     return await _create_key(who.tenant_id, body, request, s, who)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from somastack.governance.principal import SCOPES, TENANT_ID_RE, check_scopes
+from somastack.governance.principal import SCOPES, TENANT_ID_RE, check_scope
 from somastack.governance.ratelimit import check_limits
 
 Hash = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9:_-]+$")]
@@ -45,13 +45,13 @@ class TenantOut(BaseModel):
 
 class KeyIn(Strict):
     name: str = Field(min_length=1, max_length=100)
-    scopes: list[str] = Field(min_length=1, max_length=len(SCOPES),
-                              description=f"any of: {', '.join(SCOPES)}")
+    scopes: list[Annotated[str, AfterValidator(check_scope)]] = Field(
+        min_length=1, max_length=len(SCOPES), description=f"any of: {', '.join(SCOPES)}")
 
     @field_validator("scopes")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        return check_scopes(v, "scopes")
+    def _once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # in order, each once
 
 
 class KeyOut(BaseModel):

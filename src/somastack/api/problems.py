@@ -47,7 +47,11 @@ async def _soma(request: Request, exc: SomaError) -> JSONResponse:
 
 
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-    return problem(exc.status_code, f"http-{exc.status_code}", str(exc.detail), str(exc.detail))
+    # FastAPI's own 400 is a body it could not read as JSON (invalid UTF-8, nesting deeper than
+    # its parser allows): the field at fault is the body
+    where = "body" if exc.status_code == 400 else None
+    detail = f"body: {exc.detail}" if where else str(exc.detail)
+    return problem(exc.status_code, f"http-{exc.status_code}", str(exc.detail), detail, field=where)
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

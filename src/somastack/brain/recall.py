@@ -210,10 +210,10 @@ async def recall(
     weights: dict[str, float] | None = None, candidates: int = 100,
 ) -> RecallResult:
     """Rank this tenant's live memories for the query; see the module docstring."""
-    unknown = sorted(set(q.ablate) - set(FEATURES) - set(STAGES))
+    unknown = [i for i, name in enumerate(q.ablate) if name not in FEATURES and name not in STAGES]
     if unknown:
-        raise InvalidInput(f"unknown feature(s) {unknown}; known: {sorted([*FEATURES, *STAGES])}",
-                           field="ablate")
+        raise InvalidInput(f"unknown feature {q.ablate[unknown[0]]!r}; known: "
+                           f"{sorted([*FEATURES, *STAGES])}", field=f"ablate[{unknown[0]}]")
     theta = {k: (0.0 if k in q.ablate else v) for k, v in (weights or DEFAULT_WEIGHTS).items()}
     switches = set(q.ablate) & set(STAGES)
     t0 = time.perf_counter()

@@ -64,7 +64,7 @@ async def revoke(conn: psycopg.AsyncConnection, tenant_id: str, key_id: str) -> 
         f"WHERE id = %s AND tenant_id = %s RETURNING {_COLUMNS}", (key_id, tenant_id))
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"key {key_id!r} not found", field="id")
+        raise NotFound(f"key {key_id!r} not found", field="key_id")
     VERIFIED.forget(key_id=key_id)
     return row
 

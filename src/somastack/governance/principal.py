@@ -15,12 +15,11 @@ SCOPES = (
 TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def check_scopes(scopes: list[str], field_name: str = "scopes") -> list[str]:
-    """The scopes, de-duplicated in order; ValueError naming the first unknown one."""
-    for i, s in enumerate(scopes):
-        if s not in SCOPES:
-            raise ValueError(f"{field_name}[{i}]: unknown scope {s!r}; known: {', '.join(SCOPES)}")
-    return list(dict.fromkeys(scopes))
+def check_scope(scope: str) -> str:
+    """The scope if it is known; ValueError naming it otherwise."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; known: {', '.join(SCOPES)}")
+    return scope
 
 
 def grants(held: frozenset[str] | set[str] | list[str], scope: str) -> bool:

@@ -43,7 +43,7 @@ async def get(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str, Any]:
         f"SELECT {_COLUMNS} FROM tenants WHERE id = %s", (tenant_id,))
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"tenant {tenant_id!r} not found", field="id")
+        raise NotFound(f"tenant {tenant_id!r} not found", field="tenant_id")
     return row
 
 
@@ -61,5 +61,5 @@ async def set_disabled(conn: psycopg.AsyncConnection, tenant_id: str, disabled: 
         f"WHERE id = %s RETURNING {_COLUMNS}", (disabled, tenant_id))
     row = await cur.fetchone()
     if row is None:
-        raise NotFound(f"tenant {tenant_id!r} not found", field="id")
+        raise NotFound(f"tenant {tenant_id!r} not found", field="tenant_id")
     return row
