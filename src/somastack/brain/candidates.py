@@ -112,7 +112,14 @@ def plan_terms(terms: list[tuple[str, int]], docs: float, total_len: float,
 async def query_context(conn: psycopg.AsyncConnection[Any], tenant: str, namespace: str | None,
                         text: str) -> tuple[LexicalPlan, list[str]]:
     """In one round trip: the query's terms stemmed as the index does, looked up in the namespace
-    statistics (→ the BM25 plan), and the speakers known in the namespace."""
+    statistics (→ the BM25 plan), and the speakers known in the namespace.
+
+    Prepared at first use and run on its generic plan (recall's transaction sets
+    plan_cache_mode): left to choose, PostgreSQL gave this statement a custom plan at every
+    execution, planning it each time, while the generic plan gives the same answers in about
+    half the time (1.1 → 0.6 ms per query over 400 bench queries). The candidate query (`send`)
+    likewise: PostgreSQL settles on its generic plan by itself, but only after planning the
+    first ten executions on every connection (1.3 ms each) for each number of query terms."""
     ns = "AND namespace = %(ns)s" if namespace is not None else ""
     cur = await conn.execute(
         f"""
@@ -126,7 +133,7 @@ async def query_context(conn: psycopg.AsyncConnection[Any], tenant: str, namespa
                array(SELECT DISTINCT speaker FROM speakers
                  WHERE {TENANT} {ns} AND n > 0 LIMIT 200) AS speakers
         FROM q RIGHT JOIN (SELECT 1) AS one ON true""",
-        {"text": text, "tenant": tenant, "ns": namespace},
+        {"text": text, "tenant": tenant, "ns": namespace}, prepare=True,
     )
     rows = await cur.fetchall()
     first = rows[0]  # the right join yields one row even for a query of stop words only
@@ -292,7 +299,7 @@ async def send(conn: psycopg.AsyncConnection, tenant: str, q: RecallQuery, qvec:
     if n > 50:  # the pool's connections search 50 wide (store.database)
         await conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(n),))
     return await conn.execute(candidate_sql(len(qvec), where, neighbours, len(plan.lexemes)),
-                              params, binary=True)
+                              params, binary=True, prepare=True)
 
 
 async def unpack(cur: psycopg.AsyncCursor[Any], qvec: np.ndarray, speakers: list[str]

@@ -45,6 +45,11 @@ class RecallFilters:
     time_to: datetime | None = None
     metadata: dict[str, Any] | None = None
 
+    def narrows(self) -> bool:
+        """Whether any filter is set."""
+        return any(v is not None and v != [] and v != {} for v in (
+            self.kinds, self.tags, self.time_from, self.time_to, self.metadata))
+
 
 @dataclass
 class RecallQuery:

@@ -223,8 +223,11 @@ async def recall(
     try:
         # Pipelined: BEGIN and the tenant binding travel with the plan's query, COMMIT with the
         # candidate query, so a recall waits on PostgreSQL twice. candidates.filters_sql applies
-        # the row-level-security policy's predicate itself (see Database.tenant, rls=False).
-        async with pipelined(db, tenant, rls=False) as conn:
+        # the row-level-security policy's predicate itself (see Database.tenant, rls=False). Both
+        # queries are prepared at their first use and, unless filters narrow the query (where a
+        # plan for their values may do better), run on their generic plans (see
+        # candidates.query_context).
+        async with pipelined(db, tenant, rls=False, generic_plans=not q.filters.narrows()) as conn:
             plan, speakers = await cand.query_context(conn, tenant, q.namespace, q.text)
             t1 = time.perf_counter()
             vecs, embed_s = await embedding

@@ -19,18 +19,25 @@ from psycopg.rows import dict_row
 from somastack.store.database import Database
 
 _BIND = "SELECT set_config('role', %s, true), set_config('app.tenant_id', %s, true)"
+_BIND_GENERIC = _BIND + ", set_config('plan_cache_mode', 'force_generic_plan', true)"
 
 
 @contextlib.asynccontextmanager
-async def pipelined(db: Database, tenant_id: str, *, rls: bool = True
+async def pipelined(db: Database, tenant_id: str, *, rls: bool = True, generic_plans: bool = False
                     ) -> AsyncIterator[psycopg.AsyncConnection]:
     """A tenant transaction (see Database.tenant for `rls`) in pipeline mode. An error may
-    surface at the next read or at the end rather than at the statement that caused it."""
+    surface at the next read or at the end rather than at the statement that caused it.
+
+    `generic_plans`: prepared statements run on their generic plan from the first execution
+    (plan_cache_mode, for this transaction only), for statements whose plan does not depend on
+    their parameters' values; PostgreSQL otherwise plans each of the first five executions on
+    every connection anew, and keeps doing so where the generic plan's estimate looks worse."""
     async with db.pool.connection() as conn:
         try:
             async with conn.pipeline():
                 await conn.execute("BEGIN")
-                await conn.execute(_BIND, ("soma_app" if rls else "none", tenant_id))
+                await conn.execute(_BIND_GENERIC if generic_plans else _BIND,
+                                   ("soma_app" if rls else "none", tenant_id))
                 yield conn
                 await conn.execute("COMMIT")
         except BaseException:
