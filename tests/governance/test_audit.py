@@ -126,6 +126,10 @@ def test_audit_api_is_tenant_scoped(server: str, admin: Client, tenant_key,
     both = admin.request("GET", "/v1/audit", params={"tenant": b, "limit": 1000})["items"]
     assert both and {r["tenant_id"] for r in both} == {b}
     assert ca.http.get("/v1/audit", params={"decision": "maybe"}).json()["field"] == "decision"
+    for since in ("1700000000", "yesterday"):  # digits would be read as Unix time
+        resp = ca.http.get("/v1/audit", params={"since": since})
+        assert resp.status_code == 422 and resp.json()["field"] == "since", resp.text
+    assert ca.request("GET", "/v1/audit", params={"since": "2000-01-01"})["items"]
     assert admin.request("GET", "/v1/audit/verify")["ok"] is True
 
 

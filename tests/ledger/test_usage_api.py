@@ -57,6 +57,7 @@ def test_usage_grouped_by_agent_session_and_time(client: Client, tenant: str,
     ({"group_by": "agent,planet"}, "group_by"),
     ({"from": "yesterday"}, "from"),
     ({"to": "2025-13-01"}, "to"),
+    ({"to": "1740787200"}, "to"),  # digits would be read as Unix time
     ({"from": "2025-03-02T00:00:00Z", "to": "2025-03-01T00:00:00Z"}, "from"),
     ({"group_by": "x" * 101}, "group_by"),
 ])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -12,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 
 from somastack.api.deps import State, scoped, trace_id
 from somastack.api.governance_schemas import ReplayIn
+from somastack.api.when import When
 from somastack.errors import Forbidden, InvalidInput
 from somastack.governance import audit
 from somastack.governance.principal import PLATFORM_ADMIN, TENANT_ID_RE, Principal
@@ -28,7 +28,7 @@ async def list_audit(
     action: Annotated[str | None, Query(max_length=100)] = None,
     actor: Annotated[str | None, Query(max_length=100)] = None,
     decision: Literal["allow", "deny", "error", "info"] | None = None,
-    since: datetime | None = None, until: datetime | None = None,
+    since: When | None = None, until: When | None = None,
     after_seq: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:

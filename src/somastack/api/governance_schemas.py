@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from somastack.api.when import When
 from somastack.governance.principal import SCOPES, TENANT_ID_RE, check_scope
 from somastack.governance.ratelimit import check_limits
 
@@ -132,5 +133,5 @@ class PolicyTestIn(Strict):
 
 class ReplayIn(Strict):
     dead_only: bool = True
-    since: datetime | None = None
+    since: When | None = None
     ids: list[str] | None = Field(default=None, max_length=10_000)

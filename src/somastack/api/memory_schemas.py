@@ -6,18 +6,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 from pydantic_core import to_json
 
+from somastack.api.when import When
 from somastack.brain.model import MemoryDraft, RecallFilters, RecallQuery
 from somastack.brain.recall import RecallResult
 
-
-def _utc(d: datetime) -> datetime:
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
-
-
-When = Annotated[datetime, AfterValidator(_utc)]
 Namespace = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")]
 Kind = Literal["episodic", "semantic", "procedural"]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -18,7 +18,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
@@ -41,6 +40,7 @@ from somastack.agent.turns import (
     tail,
 )
 from somastack.api.deps import AppState, State, scoped, trace_id
+from somastack.api.when import When
 from somastack.errors import Forbidden, InvalidInput, NotFound, SomaError, ToolNotAllowed
 from somastack.governance import policy, ratelimit
 from somastack.governance.auth import refuse
@@ -311,7 +311,7 @@ async def turns(
     s: State, who: Runner,
     session_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[datetime | None, Query(description="cursor: created_at of the last row")] = None,
+    before: Annotated[When | None, Query(description="cursor: created_at of the last row")] = None,
 ) -> Any:
     """The tenant's turns, newest first (a session token sees only its own session's)."""
     if who.kind == "session":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from somastack.api.deps import State, scoped
+from somastack.api.when import When
 from somastack.governance.principal import Principal
 from somastack.ledger import usage_report
 from somastack.ledger.report import GROUPS
@@ -26,22 +27,17 @@ class UsageOut(BaseModel):
     group_by: list[str]
 
 
-def _utc(d: datetime | None) -> datetime | None:
-    return d if d is None or d.tzinfo else d.replace(tzinfo=UTC)
-
-
 @router.get("", response_model=UsageOut)
 async def usage(
     s: State, who: Reader,
-    start: Annotated[datetime | None, Query(alias="from", description="ISO time (inclusive); "
+    start: Annotated[When | None, Query(alias="from", description="ISO time (inclusive); "
                                             "naive times are UTC; default: the beginning")] = None,
-    end: Annotated[datetime | None, Query(alias="to", description="ISO time (exclusive); "
+    end: Annotated[When | None, Query(alias="to", description="ISO time (exclusive); "
                                           "default: now and after")] = None,
     group_by: Annotated[str, Query(max_length=100, description="comma-separated, any of: "
                                    f"{', '.join(GROUPS)}; none: one total row")] = "",
 ) -> Any:
     """Tokens, tool calls, storage, egress and cost (cents) summed per group in [from, to)."""
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
-    start, end = _utc(start), _utc(end)
     rows = await usage_report(s.db, who.tenant_id, start=start, end=end, group_by=groups)
     return {"rows": rows, "from": start, "to": end, "group_by": list(dict.fromkeys(groups))}
