@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic_core import to_jsonable_python
 
 
 class SomaAPIError(Exception):
@@ -32,10 +33,17 @@ class SomaAPIError(Exception):
 
 @dataclass
 class _Call:
+    """A request. Dates, times and UUIDs in its body and parameters are sent as ISO 8601 and
+    text, so `remember(…, event_time=datetime(2023, 5, 14, tzinfo=UTC))` just works."""
+
     method: str
     path: str
     json: Any = None
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.json = to_jsonable_python(self.json)
+        self.params = to_jsonable_python(self.params)
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,18 @@ def test_remember_get_roundtrip(client: Client) -> None:
     assert len(client.get(out["id"], include_embedding=True)["embedding"]) == 384
 
 
+def test_the_client_sends_dates_as_iso_and_the_server_reads_naive_ones_as_utc(client: Client
+                                                                             ) -> None:
+    when = datetime(2023, 5, 14, 18, 30, tzinfo=UTC)
+    aware = client.remember("Ada ran the Bath half marathon", event_time=when)["id"]
+    naive = client.remember("Ada stretched after the race", event_time=when.replace(tzinfo=None))["id"]
+    for mid in (aware, naive):
+        assert datetime.fromisoformat(client.get(mid)["event_time"]) == when
+    hits = client.recall("Ada race", filters={"time_from": when, "time_to": when + timedelta(1)})
+    assert {e["memory"]["id"] for e in hits["evidence"]} >= {aware, naive}
+    assert not client.recall("Ada race", filters={"time_from": when + timedelta(1)})["evidence"]
+
+
 def test_a_given_vector_is_stored_as_a_unit_vector(client: Client) -> None:
     """Recall's dot products are cosines between unit vectors; a vector given with the memory
     (an import, say) is stored with length 1, in its own direction."""
