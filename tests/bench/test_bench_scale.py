@@ -10,19 +10,22 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from somastack.bench import corpus
+from somastack.bench import corpus, scale
 from somastack.store import embedded
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "somastack.cli.main", "bench", "scale", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_bench_scale_small(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "somastack.cli.main", "bench", "scale", "--memories", "300",
-         "--queries", "40", "--concurrency", "4", "--home", str(tmp_path), "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
+    out = _bench("--memories", "300", "--queries", "40", "--concurrency", "4",
+                 "--home", str(tmp_path), "--json")
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["memories"] == 300 and r["queries"] == 40 and r["ingest_per_s"] > 0
+    assert r["reused"] is False
     assert 0 < r["recall_ms"]["p50"] <= r["recall_ms"]["p95"] <= r["recall_ms"]["p99"]
     assert 0 < r["raw_pgvector_ms"]["p50"] <= r["raw_pgvector_ms"]["p95"]
     assert r["qps"] > 0 and r["overhead_ratio"]["p50"] > 0
@@ -33,6 +36,22 @@ def test_bench_scale_small(tmp_path: Path) -> None:
         row = conn.execute("SELECT last_vacuum, last_analyze FROM pg_stat_user_tables "
                            "WHERE relname = 'memories'").fetchone()
     assert row is not None and None not in row
+
+    # Recall again on the kept memories, without ingesting: --memories is what is there.
+    again = _bench("--memories", "5", "--queries", "30", "--home", str(tmp_path), "--reuse", "--json")
+    assert again.returncode == 0, again.stderr
+    r2 = json.loads(again.stdout)
+    assert r2["reused"] is True and r2["memories"] == 300 and r2["queries"] == 30
+    assert r2["ingest_s"] is None and r2["ingest_per_s"] is None
+    assert 0 < r2["recall_ms"]["p50"] <= r2["recall_ms"]["p95"] and 0 < r2["quality"]["hit_at_10"]
+    assert scale.stored(tmp_path) == 300  # nothing was written
+
+
+def test_bench_scale_reuse_needs_a_home_with_memories(tmp_path: Path) -> None:
+    for args in ([], ["--home", str(tmp_path)]):
+        out = _bench("--reuse", "--json", *args)
+        assert out.returncode == 2 and "--reuse needs a --home" in out.stderr, out.stderr
+        assert not out.stdout
 
 
 def test_every_question_says_what_answers_it() -> None:

@@ -73,9 +73,11 @@ async def _fire(qs: list[str], concurrency: int, one: Callable[[int], Any], tick
 
 
 async def _recall_http(url: str, api_key: str, qs: list[str], top_k: int, concurrency: int,
-                       tick: Tick) -> tuple[list[float], float, list[dict[str, float]], list[float]]:
+                       tick: Tick, warmup: list[str]
+                       ) -> tuple[list[float], float, list[dict[str, float]], list[float]]:
     """Latencies, wall time, the server's timings and each answer's precision (the share of
-    its evidence that answers the question, corpus.relevant)."""
+    its evidence that answers the question, corpus.relevant), after the `warmup` questions
+    (not measured)."""
     server_timings: list[dict[str, float]] = []
     precision: list[float] = []
     conns = [await wire.Connection.open(url, {"Authorization": f"Bearer {api_key}"})
@@ -96,7 +98,7 @@ async def _recall_http(url: str, api_key: str, qs: list[str], top_k: int, concur
         precision.append(sum(found) / len(found) if found else 0.0)
 
     try:
-        for q in qs[:20]:  # warm-up, not measured
+        for q in warmup:
             await conns[0].post("/v1/memory/recall", {"query": q, "namespace": NAMESPACE})
         lat, wall = await _fire(qs, concurrency, one, tick)
     finally:
@@ -148,23 +150,51 @@ def settle(db_url: str) -> float:
     return time.perf_counter() - start
 
 
+REUSE_WARMUP = 200  # recalls before measuring on a kept database (its caches start cold)
+
+
+def stored(home: Path) -> int:
+    """How many live memories an earlier run left in `home`'s bench namespace (0: none)."""
+    if not (home / "pgdata").exists():
+        return 0
+    with psycopg.connect(embedded.start(home)) as conn:
+        try:
+            row = conn.execute("SELECT count(*) FROM memories WHERE tenant_id = %s "
+                               "AND namespace = %s", (DEFAULT_TENANT, NAMESPACE)).fetchone()
+        except psycopg.errors.UndefinedTable:  # a database that was never migrated
+            return 0
+    return int(row[0]) if row else 0
+
+
 def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch: int = 250,
-        ingest_parallel: int = 2, home: Path | None = None,
+        ingest_parallel: int = 2, home: Path | None = None, reuse: bool = False,
         progress: Callable[[str, int], Tick] | None = None) -> dict[str, Any]:
-    """Run the whole benchmark against a fresh server; returns the JSON-ready figures."""
+    """Run the whole benchmark against a fresh server; returns the JSON-ready figures.
+
+    `reuse`: measure recall only, on the memories an earlier run left in `home` (ingest figures
+    are then null, and REUSE_WARMUP recalls warm the cold caches first)."""
     progress = progress or (lambda _label, _total: lambda _n: None)
+    if reuse:
+        if home is None or not (found := stored(home)):
+            raise ValueError("--reuse needs a --home where an earlier `soma bench scale --home` "
+                             "run left its memories")
+        memories = found
     home = home or Path(tempfile.mkdtemp(prefix="soma-bench-"))
     tenant = DEFAULT_TENANT  # the fresh home's bootstrap tenant, whose admin key we use
-    texts = corpus.sentences(memories)
     qs = corpus.queries(queries)
+    # A kept database starts with cold caches: warm them with questions not measured after.
+    warmup = corpus.queries(queries + REUSE_WARMUP)[queries:] if reuse else qs[:20]
+    ingest_s: float | None = None
     with served(home, env={"SOMA_RATE_LIMIT": str(10**9)}) as srv:
         url = srv.url
         api_key = Settings(home=home).admin_key_file.read_text().strip()
-        ingest_s = asyncio.run(_ingest(url, api_key, texts, batch, ingest_parallel,
-                                       progress("ingest", memories)))
+        if not reuse:
+            ingest_s = asyncio.run(_ingest(url, api_key, corpus.sentences(memories), batch,
+                                           ingest_parallel, progress("ingest", memories)))
         settle_s = settle(embedded.start(home))
         lat, wall, server_timings, precision = asyncio.run(
-            _recall_http(url, api_key, qs, top_k, concurrency, progress("recall (HTTP)", queries)))
+            _recall_http(url, api_key, qs, top_k, concurrency, progress("recall (HTTP)", queries),
+                         warmup))
         vecs = MiniLMEmbedder().embed(qs)
         raw = asyncio.run(_recall_raw(embedded.start(home), tenant, vecs, top_k, concurrency,
                                       progress("recall (raw pgvector)", queries)))
@@ -172,7 +202,9 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
     return {
         "benchmark": "scale",
         "memories": memories, "queries": queries, "concurrency": concurrency, "top_k": top_k,
-        "ingest_s": round(ingest_s, 2), "ingest_per_s": round(memories / ingest_s, 1),
+        "reused": reuse,
+        "ingest_s": round(ingest_s, 2) if ingest_s else None,
+        "ingest_per_s": round(memories / ingest_s, 1) if ingest_s else None,
         "settle_s": round(settle_s, 2),
         "recall_ms": http_ms, "qps": round(queries / wall, 1),
         "raw_pgvector_ms": raw_ms,

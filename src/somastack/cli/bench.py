@@ -33,13 +33,24 @@ def scale(
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="concurrent clients")] = 8,
     top_k: Annotated[int, typer.Option("--top-k", min=1, max=100)] = 10,
     home: Annotated[Path | None, typer.Option(help="SOMA_HOME for the bench server (default: temp)")] = None,
+    reuse: Annotated[bool, typer.Option(
+        "--reuse", help="recall only, on the memories an earlier run left in --home "
+                        "(--memories is then ignored)")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="JSON only: no progress bars")] = False,
 ) -> None:
-    """Ingest N memories and fire Q recalls over HTTP against a fresh embedded server."""
+    """Ingest N memories and fire Q recalls over HTTP against a fresh embedded server.
+
+    Keep the database with --home DIR, then measure recall again (another build, another
+    setting) without ingesting: soma bench scale --home DIR --reuse --queries 2000 --json"""
     from somastack.bench import scale as bench_scale
 
-    with _bars(enabled=not json_out) as bars:
-        result = bench_scale.run(memories, queries, concurrency, top_k=top_k, home=home, progress=bars)
+    try:
+        with _bars(enabled=not json_out) as bars:
+            result = bench_scale.run(memories, queries, concurrency, top_k=top_k, home=home,
+                                     reuse=reuse, progress=bars)
+    except ValueError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(2) from exc
     print_json(result)
 
 
