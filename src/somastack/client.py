@@ -14,6 +14,7 @@ import builtins  # annotations after a class's `list` method would name the meth
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -43,7 +44,8 @@ class _Call:
 
     def __post_init__(self) -> None:
         self.json = to_jsonable_python(self.json)
-        self.params = to_jsonable_python(self.params)
+        if isinstance(self.params, dict):
+            self.params = to_jsonable_python(self.params)
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +149,7 @@ class _Calls:
     def turn_body(session_id: str, text: str, **options: Any) -> dict[str, Any]:
         calls = options.pop("tool_calls", None)
         inputs = _clean({"text": text, "tool_calls": calls})
-        return {"session_id": session_id, "inputs": inputs, **_clean(options)}
+        return to_jsonable_python({"session_id": session_id, "inputs": inputs, **_clean(options)})
 
     @staticmethod
     def create_persona(name: str, system_prompt: str, **fields: Any) -> _Call:
@@ -163,7 +165,7 @@ class _Calls:
         return _Call("GET", f"/v1/personas/{ref}")
 
     @staticmethod
-    def usage(start: str | None = None, end: str | None = None,
+    def usage(start: str | datetime | None = None, end: str | datetime | None = None,
               group_by: Sequence[str] | None = None) -> _Call:
         return _Call("GET", "/v1/usage", params=_clean(
             {"from": start, "to": end, "group_by": ",".join(group_by) if group_by else None}))

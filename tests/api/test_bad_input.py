@@ -32,6 +32,8 @@ CASES: list[tuple[str, str, str, Any, int, str]] = [
      "event_time"),
     ("time as digits", "POST", "/v1/memory/remember", {"content": "a", "expires_at": "1700000000"},
      422, "expires_at"),
+    ("time as a float", "POST", "/v1/memory/remember", {"content": "a", "event_time": "1.5e9"},
+     422, "event_time"),
     ("filter time as a number", "POST", "/v1/memory/recall",
      {"query": "a", "filters": {"time_from": 1700000000}}, 422, "filters.time_from"),
     ("not JSON", "POST", "/v1/memory/remember", "{not json", 422, "body"),

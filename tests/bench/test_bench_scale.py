@@ -45,12 +45,17 @@ def test_bench_scale_small(tmp_path: Path) -> None:
     assert r2["ingest_s"] is None and r2["ingest_per_s"] is None
     assert 0 < r2["recall_ms"]["p50"] <= r2["recall_ms"]["p95"] and 0 < r2["quality"]["hit_at_10"]
     assert scale.stored(tmp_path) == 300  # nothing was written
+    # Ingesting on top of them would measure a different corpus than the one reported.
+    twice = _bench("--memories", "300", "--queries", "5", "--home", str(tmp_path), "--json")
+    assert twice.returncode == 2, twice.stderr
+    assert "already holds 300 bench memories" in " ".join(twice.stderr.split())
+    assert scale.stored(tmp_path) == 300
 
 
 def test_bench_scale_reuse_needs_a_home_with_memories(tmp_path: Path) -> None:
     for args in ([], ["--home", str(tmp_path)]):
         out = _bench("--reuse", "--json", *args)
-        assert out.returncode == 2 and "--reuse needs a --home" in out.stderr, out.stderr
+        assert out.returncode == 2 and "--reuse needs a --home" in " ".join(out.stderr.split())
         assert not out.stdout
 
 

@@ -8,13 +8,21 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
-_NUMBER = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")
+_DIGIT = re.compile(r"\d")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return bool(_DIGIT.search(text))
 
 
 def _not_a_number(v: Any) -> Any:
-    """Pydantic reads a number (or a string of digits) as Unix time: 2024 would be 33 minutes
-    past midnight on 1 January 1970, silently. A time must be written as a date."""
-    if isinstance(v, int | float) or (isinstance(v, str) and _NUMBER.fullmatch(v)):
+    """Pydantic reads a number, or a string that is one ("2024", "1.5e9", ".5"), as Unix time:
+    2024 would be 33 minutes past midnight on 1 January 1970, silently. A time must be a date."""
+    if isinstance(v, int | float) or (isinstance(v, str) and _is_number(v)):
         raise ValueError("a date-time in ISO 8601 (e.g. 2026-11-22T09:30:00Z), not a number")
     return v
 

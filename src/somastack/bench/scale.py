@@ -166,19 +166,27 @@ def stored(home: Path) -> int:
     return int(row[0]) if row else 0
 
 
+class HomeError(ValueError):
+    """The bench's --home does not suit the run asked for."""
+
+
 def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch: int = 250,
         ingest_parallel: int = 2, home: Path | None = None, reuse: bool = False,
         progress: Callable[[str, int], Tick] | None = None) -> dict[str, Any]:
-    """Run the whole benchmark against a fresh server; returns the JSON-ready figures.
-
-    `reuse`: measure recall only, on the memories an earlier run left in `home` (ingest figures
-    are then null, and REUSE_WARMUP recalls warm the cold caches first)."""
+    """Run the whole benchmark; returns the JSON-ready figures. The server is started on `home`
+    (default: a new temporary one), which must hold no bench memories yet, unless `reuse`:
+    then recall only is measured, on the memories an earlier run left there (ingest figures
+    null; REUSE_WARMUP recalls warm the cold caches first)."""
     progress = progress or (lambda _label, _total: lambda _n: None)
+    found = stored(home) if home is not None else 0
     if reuse:
-        if home is None or not (found := stored(home)):
-            raise ValueError("--reuse needs a --home where an earlier `soma bench scale --home` "
-                             "run left its memories")
+        if not found:
+            raise HomeError("--reuse needs a --home where an earlier `soma bench scale --home` "
+                            "run left its memories")
         memories = found
+    elif found:
+        raise HomeError(f"{home} already holds {found} bench memories: measure recall on them "
+                        "with --reuse, or ingest into a new --home")
     home = home or Path(tempfile.mkdtemp(prefix="soma-bench-"))
     tenant = DEFAULT_TENANT  # the fresh home's bootstrap tenant, whose admin key we use
     qs = corpus.queries(queries)

@@ -40,15 +40,16 @@ def scale(
 ) -> None:
     """Ingest N memories and fire Q recalls over HTTP against a fresh embedded server.
 
-    Keep the database with --home DIR, then measure recall again (another build, another
-    setting) without ingesting: soma bench scale --home DIR --reuse --queries 2000 --json"""
+    To measure recall again on the same memories (another build or setting), keep them with --home DIR:
+
+    soma bench scale --home DIR --reuse --queries 2000 --json"""
     from somastack.bench import scale as bench_scale
 
     try:
         with _bars(enabled=not json_out) as bars:
             result = bench_scale.run(memories, queries, concurrency, top_k=top_k, home=home,
                                      reuse=reuse, progress=bars)
-    except ValueError as exc:
+    except bench_scale.HomeError as exc:
         err.print(f"[red]error[/red] {exc}")
         raise typer.Exit(2) from exc
     print_json(result)
