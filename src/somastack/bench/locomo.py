@@ -19,7 +19,7 @@ import numpy as np
 from somastack.bench import baselines
 from somastack.bench.locomo_data import Conversation, Question, load_dir
 from somastack.bench.server import served
-from somastack.bench.stats import percentiles_ms
+from somastack.bench.stats import machine, percentiles_ms
 from somastack.brain.embed import MiniLMEmbedder
 from somastack.client import Client
 from somastack.config import Settings
@@ -115,6 +115,7 @@ def run(data: Path, *, with_baselines: bool = False, ablate: list[str] | None = 
     convs = load_dir(data)
     questions = [q for c in convs for q in c.questions]
     home = home or Path(tempfile.mkdtemp(prefix="soma-locomo-"))
+    probe = machine()  # before the server starts: the host idle
     # a fresh home: its bootstrap admin key acts for the tenant "default"; no rate limit for a benchmark
     with served(home, env={"SOMA_RATE_LIMIT": str(10**9)}) as srv, \
             Client(srv.url, api_key=Settings(home=home).admin_key_file.read_text().strip()) as client:
@@ -126,7 +127,7 @@ def run(data: Path, *, with_baselines: bool = False, ablate: list[str] | None = 
             "benchmark": "locomo", "data": str(data), "conversations": len(convs),
             "turns": sum(len(c.turns) for c in convs), "n_questions": len(questions),
             "recall_at": score(ranked, questions), "recall_ms": percentiles_ms(latencies, (50, 95)),
-            "ingest_s": round(ingest_s, 2),
+            "ingest_s": round(ingest_s, 2), "machine": probe,
         }
         if with_baselines:
             result["baselines"] = run_baselines(client, convs, ids, questions)

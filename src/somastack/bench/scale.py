@@ -7,7 +7,6 @@ not timed), so the service's overhead is a ratio measured in the same run on the
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pgvector.psycopg import register_vector_async
 
 from somastack.bench import corpus, wire
 from somastack.bench.server import served
-from somastack.bench.stats import percentiles_ms
+from somastack.bench.stats import machine, percentiles_ms
 from somastack.brain.embed import MiniLMEmbedder
 from somastack.config import Settings
 from somastack.governance.bootstrap import DEFAULT_TENANT
@@ -193,6 +192,7 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
     # A kept database starts with cold caches: warm them with questions not measured after.
     warmup = corpus.queries(queries + REUSE_WARMUP)[queries:] if reuse else qs[:20]
     ingest_s: float | None = None
+    probe = machine()  # before the server starts: the host idle
     with served(home, env={"SOMA_RATE_LIMIT": str(10**9)}) as srv:
         url = srv.url
         api_key = Settings(home=home).admin_key_file.read_text().strip()
@@ -221,7 +221,7 @@ def run(memories: int, queries: int, concurrency: int, *, top_k: int = 10, batch
         "overhead_ratio": {p: round(http_ms[p] / raw_ms[p], 2) for p in ("p50", "p95") if raw_ms[p]},
         "server_ms_median": {k: round(float(np.median([t[k] for t in server_timings])), 2)
                              for k in ("embed", "admit", "candidates", "score", "total")},
-        "machine": {"cpus": os.cpu_count()},
+        "machine": probe,
         "note": "recall_ms is measured after settle_s (VACUUM ANALYZE and CHECKPOINT after the "
                 "ingest) and is end-to-end over HTTP (query embedding included), from clients on "
                 "the same machine (one keep-alive connection each, bench/wire.py); raw_pgvector_ms "

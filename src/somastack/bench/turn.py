@@ -36,7 +36,7 @@ import httpx
 
 from somastack.bench import wire
 from somastack.bench.server import served
-from somastack.bench.stats import percentiles_ms
+from somastack.bench.stats import machine, percentiles_ms
 from somastack.client import Client, turn_events
 
 FACTS = [
@@ -112,6 +112,7 @@ def _shape(name: str, turns: int, run: Run, advance: Callable[[int], None]
 def run(turns: int = 30, *, home: Path | None = None, progress: Progress | None = None
         ) -> dict[str, Any]:
     bar = progress or (lambda label, total: (lambda n: None))
+    probe = machine()  # before the server starts: the host idle
     with tempfile.TemporaryDirectory(prefix="soma-bench-turn-") as tmp:
         base = home or Path(tmp)
         loop = asyncio.new_event_loop()
@@ -162,6 +163,7 @@ def run(turns: int = 30, *, home: Path | None = None, progress: Progress | None 
             out["replayed_events"] = replayed
             out["target"] = {"overhead_p95_ms": 25.0,
                              "met": out["overhead_ms"]["p95"] <= 25.0}
+            out["machine"] = probe
             loop.run_until_complete(conn.close())
             loop.close()
             c.close()
